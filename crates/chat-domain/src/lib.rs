@@ -1,0 +1,27 @@
+//! The pure heart of matchchat: what a message, a room and a seen receipt are, the rules
+//! they obey, and the frames spoken on the wire.
+//!
+//! Nothing here does I/O, reads a clock or needs an async runtime, so any Rust service (the
+//! server, `chat-bench`, a host app's back end) can import it and agree with the server on
+//! every rule. Callers pass the current time in.
+
+pub mod body;
+pub mod error;
+pub mod history;
+pub mod ids;
+pub mod limits;
+pub mod message;
+pub mod protocol;
+pub mod room;
+pub mod seen;
+pub mod timestamp;
+
+pub use body::Body;
+pub use error::DomainError;
+pub use history::HistoryPage;
+pub use ids::{ClientMsgId, RoomId, Seq, UserId};
+pub use limits::{HISTORY_WINDOW, MAX_BODY_CHARS, MAX_ID_CHARS};
+pub use message::{Message, NewMessage};
+pub use room::{Members, Room, RoomSummary};
+pub use seen::{SeenOutcome, Watermark};
+pub use timestamp::Timestamp;

@@ -1,0 +1,101 @@
+//! The repository: everything the server asks of storage.
+//!
+//! Every mutating call checks the domain rules inside its transaction (membership, open
+//! room, seen rules) and publishes its [`StoreEvent`] on the store's [`EventBus`] only after
+//! the commit succeeded.
+
+use async_trait::async_trait;
+use chat_domain::{HistoryPage, Members, Message, NewMessage, Room, RoomId, RoomSummary, Seq, SeenOutcome, Timestamp, UserId};
+
+use crate::error::StoreError;
+use crate::events::EventBus;
+
+/// The result of storing a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// A new row, with the next seq of its room.
+    New(Message),
+    /// `(room, sender, client_msg_id)` was stored before: this is that row, unchanged, and no
+    /// event is published for it.
+    Duplicate(Message),
+}
+
+impl Appended {
+    pub fn message(&self) -> &Message {
+        match self {
+            Self::New(m) | Self::Duplicate(m) => m,
+        }
+    }
+
+    pub fn into_message(self) -> Message {
+        match self {
+            Self::New(m) | Self::Duplicate(m) => m,
+        }
+    }
+}
+
+/// The result of opening a room for a pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomOpened {
+    pub room: Room,
+    /// False when the pair already had an open room and this is it.
+    pub created: bool,
+}
+
+#[async_trait]
+pub trait Repository: Send + Sync + 'static {
+    /// The bus this store publishes committed events on.
+    fn events(&self) -> &EventBus;
+
+    /// Checks the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The open room of this pair, created if there is none (idempotent, either order). A pair
+    /// whose room was closed gets a new room; the closed one keeps its history.
+    async fn open_room(&self, members: &Members, now: Timestamp) -> Result<RoomOpened, StoreError>;
+
+    /// One room, open or closed. `UnknownRoom` if there is none with this id.
+    async fn room(&self, id: &RoomId) -> Result<Room, StoreError>;
+
+    /// A user's rooms (open and closed, newest first) as that user sees them: last seq and
+    /// unread count (the other member's messages this user has not marked seen).
+    async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomSummary>, StoreError>;
+
+    /// One room as `user` sees it. `NotAMember` if `user` is not in it.
+    async fn room_summary(&self, id: &RoomId, user: &UserId) -> Result<RoomSummary, StoreError>;
+
+    /// Closes a room. Closing a closed room is a no-op that returns it (no second event).
+    async fn close_room(&self, id: &RoomId, now: Timestamp) -> Result<Room, StoreError>;
+
+    /// Stores one message: checks the sender may send, assigns the room's next seq atomically,
+    /// and de-duplicates on `(room, sender, client_msg_id)`.
+    async fn append(&self, message: NewMessage, now: Timestamp) -> Result<Appended, StoreError> {
+        let mut results = self.append_batch(vec![message], now).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Database("append_batch returned no result".into())))
+    }
+
+    /// Stores many messages, for any rooms, in one transaction (group commit). Each message
+    /// gets its own result, in input order: a message that breaks a rule fails alone, and the
+    /// others still commit. The outer error means nothing was committed.
+    async fn append_batch(
+        &self,
+        messages: Vec<NewMessage>,
+        now: Timestamp,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError>;
+
+    /// A page of history, oldest first, for a member of the room (open or closed).
+    async fn history(&self, room: &RoomId, reader: &UserId, page: HistoryPage) -> Result<Vec<Message>, StoreError>;
+
+    /// Marks seen everything the other member sent in `room` up to `up_to` (clamped to the
+    /// room's last seq) that is not seen yet, with `seen_at = max(now, sent_at)`. Works on
+    /// closed rooms. An outcome with nothing marked publishes no event.
+    async fn mark_seen(
+        &self,
+        room: &RoomId,
+        reader: &UserId,
+        up_to: Seq,
+        now: Timestamp,
+    ) -> Result<SeenOutcome, StoreError>;
+}
