@@ -89,7 +89,10 @@ mod tests {
         // "e" + COMBINING ACUTE ACCENT is one grapheme but two scalar values.
         let e_acute = "e\u{0301}";
         assert!(Body::new(e_acute.repeat(80)).is_ok());
-        assert_eq!(Body::new(format!("{}x", e_acute.repeat(80))), Err(DomainError::BodyTooLong));
+        assert_eq!(
+            Body::new(format!("{}x", e_acute.repeat(80))),
+            Err(DomainError::BodyTooLong)
+        );
     }
 
     #[test]

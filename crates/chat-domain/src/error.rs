@@ -98,7 +98,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for e in &all {
             let code = e.code();
-            assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{code}");
+            assert!(
+                code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{code}"
+            );
             assert!(seen.insert(code), "duplicate code {code}");
         }
     }
@@ -109,6 +112,9 @@ mod tests {
         assert_eq!(DomainError::BodyTooLong.wire_code(), ErrorCode::BodyTooLong);
         assert_eq!(DomainError::BodyInvalid.wire_code(), ErrorCode::BodyInvalid);
         assert_eq!(DomainError::RoomClosed.wire_code(), ErrorCode::RoomClosed);
-        assert_eq!(DomainError::ConflictingCursors.wire_code(), ErrorCode::InvalidFrame);
+        assert_eq!(
+            DomainError::ConflictingCursors.wire_code(),
+            ErrorCode::InvalidFrame
+        );
     }
 }

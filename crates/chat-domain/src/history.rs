@@ -19,7 +19,11 @@ pub enum HistoryPage {
 
 impl HistoryPage {
     /// Builds a page from the wire's optional cursors. Both cursors at once is an error.
-    pub fn from_cursors(before: Option<Seq>, after: Option<u64>, limit: Option<u32>) -> Result<Self, DomainError> {
+    pub fn from_cursors(
+        before: Option<Seq>,
+        after: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<Self, DomainError> {
         let limit = clamp_history_limit(limit);
         match (before, after) {
             (Some(_), Some(_)) => Err(DomainError::ConflictingCursors),
@@ -31,13 +35,17 @@ impl HistoryPage {
 
     pub fn limit(&self) -> u32 {
         match *self {
-            Self::Latest { limit } | Self::Before { limit, .. } | Self::After { limit, .. } => limit,
+            Self::Latest { limit } | Self::Before { limit, .. } | Self::After { limit, .. } => {
+                limit
+            }
         }
     }
 
     /// The latest full window: what a page shows on open.
     pub fn latest() -> Self {
-        Self::Latest { limit: HISTORY_WINDOW }
+        Self::Latest {
+            limit: HISTORY_WINDOW,
+        }
     }
 }
 
@@ -63,14 +71,23 @@ mod tests {
     #[test]
     fn cursors() {
         let five = Seq::new(5).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(HistoryPage::from_cursors(None, None, None), Ok(HistoryPage::latest()));
+        assert_eq!(
+            HistoryPage::from_cursors(None, None, None),
+            Ok(HistoryPage::latest())
+        );
         assert_eq!(
             HistoryPage::from_cursors(Some(five), None, Some(1000)),
-            Ok(HistoryPage::Before { before: five, limit: 300 })
+            Ok(HistoryPage::Before {
+                before: five,
+                limit: 300
+            })
         );
         assert_eq!(
             HistoryPage::from_cursors(None, Some(0), Some(10)),
-            Ok(HistoryPage::After { after: 0, limit: 10 })
+            Ok(HistoryPage::After {
+                after: 0,
+                limit: 10
+            })
         );
         assert_eq!(
             HistoryPage::from_cursors(Some(five), Some(1), None),

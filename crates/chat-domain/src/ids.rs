@@ -171,8 +171,14 @@ mod tests {
         assert!(ClientMsgId::new("c1").is_ok());
         assert!(ClientMsgId::new("ünïcode ok 🙂").is_ok());
         assert_eq!(ClientMsgId::new(""), Err(DomainError::InvalidClientMsgId));
-        assert_eq!(ClientMsgId::new("a\nb"), Err(DomainError::InvalidClientMsgId));
-        assert_eq!(ClientMsgId::new("🙂".repeat(65)), Err(DomainError::InvalidClientMsgId));
+        assert_eq!(
+            ClientMsgId::new("a\nb"),
+            Err(DomainError::InvalidClientMsgId)
+        );
+        assert_eq!(
+            ClientMsgId::new("🙂".repeat(65)),
+            Err(DomainError::InvalidClientMsgId)
+        );
     }
 
     #[test]

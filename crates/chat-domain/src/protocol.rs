@@ -32,7 +32,9 @@ pub mod close {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// First frame of every connection.
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
     /// The latest page (no cursor), the page before `before_seq`, or the page after `after_seq`.
     History {
         room_id: RoomId,
@@ -48,18 +50,34 @@ pub enum ClientFrame {
         client_msg_id: ClientMsgId,
         body: String,
     },
-    Seen { room_id: RoomId, up_to_seq: Seq },
+    Seen {
+        room_id: RoomId,
+        up_to_seq: Seq,
+    },
 }
 
 /// A frame from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    Ready { user_id: UserId, rooms: Vec<RoomSummary> },
-    RoomOpened { room: RoomSummary },
-    RoomClosed { room_id: RoomId },
-    History { room_id: RoomId, messages: Vec<Message> },
-    Message { room_id: RoomId, message: Message },
+    Ready {
+        user_id: UserId,
+        rooms: Vec<RoomSummary>,
+    },
+    RoomOpened {
+        room: RoomSummary,
+    },
+    RoomClosed {
+        room_id: RoomId,
+    },
+    History {
+        room_id: RoomId,
+        messages: Vec<Message>,
+    },
+    Message {
+        room_id: RoomId,
+        message: Message,
+    },
     Seen {
         room_id: RoomId,
         reader_id: UserId,
@@ -76,14 +94,19 @@ pub enum ServerFrame {
 
 impl ServerFrame {
     pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Self {
-        Self::Error { code, message: message.into(), reference }
+        Self::Error {
+            code,
+            message: message.into(),
+            reference,
+        }
     }
 
     /// Serialises a frame. Serialising these types cannot fail (string keys, no maps with
     /// non-string keys), so a failure is reported as an `internal` error frame.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| {
-            r#"{"type":"error","code":"internal","message":"serialization failed","ref":null}"#.to_owned()
+            r#"{"type":"error","code":"internal","message":"serialization failed","ref":null}"#
+                .to_owned()
         })
     }
 }
@@ -173,25 +196,55 @@ mod tests {
 
     #[test]
     fn client_frames_parse_from_the_documented_json() {
-        let f: ClientFrame = serde_json::from_value(json!({"type":"send","room_id":"r1","client_msg_id":"c1","body":"hi"}))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let f: ClientFrame = serde_json::from_value(
+            json!({"type":"send","room_id":"r1","client_msg_id":"c1","body":"hi"}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(f, ClientFrame::Send { ref body, .. } if body == "hi"));
-        let f: ClientFrame = serde_json::from_value(json!({"type":"history","room_id":"r1","before_seq":5,"limit":10}))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(f, ClientFrame::History { before_seq: Some(_), after_seq: None, limit: Some(10), .. }));
-        let f: ClientFrame = serde_json::from_value(json!({"type":"history","room_id":"r1","after_seq":0}))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(f, ClientFrame::History { after_seq: Some(0), .. }));
-        assert!(serde_json::from_value::<ClientFrame>(json!({"type":"seen","room_id":"r1","up_to_seq":0})).is_err());
+        let f: ClientFrame = serde_json::from_value(
+            json!({"type":"history","room_id":"r1","before_seq":5,"limit":10}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            f,
+            ClientFrame::History {
+                before_seq: Some(_),
+                after_seq: None,
+                limit: Some(10),
+                ..
+            }
+        ));
+        let f: ClientFrame =
+            serde_json::from_value(json!({"type":"history","room_id":"r1","after_seq":0}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            f,
+            ClientFrame::History {
+                after_seq: Some(0),
+                ..
+            }
+        ));
+        assert!(
+            serde_json::from_value::<ClientFrame>(
+                json!({"type":"seen","room_id":"r1","up_to_seq":0})
+            )
+            .is_err()
+        );
         assert!(serde_json::from_value::<ClientFrame>(json!({"type":"dance"})).is_err());
     }
 
     #[test]
     fn server_frames_serialize_to_the_documented_json() {
         let f = ServerFrame::error(ErrorCode::BodyTooLong, "too long", Some("c1".into()));
-        let v: serde_json::Value = serde_json::from_str(&f.to_json()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(v, json!({"type":"error","code":"body_too_long","message":"too long","ref":"c1"}));
-        let f = ServerFrame::RoomClosed { room_id: RoomId::new("r1").unwrap_or_else(|e| panic!("{e}")) };
+        let v: serde_json::Value =
+            serde_json::from_str(&f.to_json()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            v,
+            json!({"type":"error","code":"body_too_long","message":"too long","ref":"c1"})
+        );
+        let f = ServerFrame::RoomClosed {
+            room_id: RoomId::new("r1").unwrap_or_else(|e| panic!("{e}")),
+        };
         assert_eq!(f.to_json(), r#"{"type":"room_closed","room_id":"r1"}"#);
     }
 

@@ -117,7 +117,8 @@ mod tests {
             id: RoomId::new("r1").unwrap_or_else(|e| panic!("{e}")),
             members: Members::new(user("bob"), user("alice")).unwrap_or_else(|e| panic!("{e}")),
             created_at: Timestamp::from_unix_micros(0).unwrap_or_else(|e| panic!("{e}")),
-            closed_at: closed.then(|| Timestamp::from_unix_micros(5).unwrap_or_else(|e| panic!("{e}"))),
+            closed_at: closed
+                .then(|| Timestamp::from_unix_micros(5).unwrap_or_else(|e| panic!("{e}"))),
         }
     }
 
@@ -126,7 +127,10 @@ mod tests {
         let m = Members::new(user("bob"), user("alice"));
         assert_eq!(m.as_ref().map(|m| m.first().as_str()), Ok("alice"));
         assert_eq!(m, Members::new(user("alice"), user("bob")));
-        assert_eq!(Members::new(user("a"), user("a")), Err(DomainError::SameMembers));
+        assert_eq!(
+            Members::new(user("a"), user("a")),
+            Err(DomainError::SameMembers)
+        );
     }
 
     #[test]
@@ -140,9 +144,18 @@ mod tests {
     #[test]
     fn sending_needs_membership_then_an_open_room() {
         assert_eq!(room(false).ensure_can_send(&user("alice")), Ok(()));
-        assert_eq!(room(false).ensure_can_send(&user("eve")), Err(DomainError::NotAMember));
-        assert_eq!(room(true).ensure_can_send(&user("alice")), Err(DomainError::RoomClosed));
-        assert_eq!(room(true).ensure_can_send(&user("eve")), Err(DomainError::NotAMember));
+        assert_eq!(
+            room(false).ensure_can_send(&user("eve")),
+            Err(DomainError::NotAMember)
+        );
+        assert_eq!(
+            room(true).ensure_can_send(&user("alice")),
+            Err(DomainError::RoomClosed)
+        );
+        assert_eq!(
+            room(true).ensure_can_send(&user("eve")),
+            Err(DomainError::NotAMember)
+        );
         assert_eq!(room(true).ensure_member(&user("bob")), Ok(()));
     }
 

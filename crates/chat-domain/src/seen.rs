@@ -58,7 +58,12 @@ pub fn ensure_can_mark(room: &Room, message: &Message, reader: &UserId) -> Resul
 }
 
 /// Marks one message seen. `Ok(false)` when it was seen already: the first `seen_at` stays.
-pub fn mark_seen(room: &Room, message: &mut Message, reader: &UserId, now: Timestamp) -> Result<bool, DomainError> {
+pub fn mark_seen(
+    room: &Room,
+    message: &mut Message,
+    reader: &UserId,
+    now: Timestamp,
+) -> Result<bool, DomainError> {
     ensure_can_mark(room, message, reader)?;
     if message.seen_at.is_some() {
         return Ok(false);
@@ -89,7 +94,11 @@ pub fn apply_watermark(
         }
     }
     marked.sort();
-    Ok(SeenOutcome { up_to, marked, seen_at })
+    Ok(SeenOutcome {
+        up_to,
+        marked,
+        seen_at,
+    })
 }
 
 #[cfg(test)]
@@ -129,22 +138,34 @@ mod tests {
         }
     }
     fn wm(reader: &str, n: u64) -> Watermark {
-        Watermark { reader: user(reader), up_to: seq(n) }
+        Watermark {
+            reader: user(reader),
+            up_to: seq(n),
+        }
     }
 
     #[test]
     fn a_sender_cannot_mark_its_own_message() {
         let mut m = msg(1, "alice", 10);
-        assert_eq!(mark_seen(&room(), &mut m, &user("alice"), ts(20)), Err(DomainError::OwnMessage));
+        assert_eq!(
+            mark_seen(&room(), &mut m, &user("alice"), ts(20)),
+            Err(DomainError::OwnMessage)
+        );
         assert_eq!(m.seen_at, None);
     }
 
     #[test]
     fn a_non_member_cannot_mark() {
         let mut m = msg(1, "alice", 10);
-        assert_eq!(mark_seen(&room(), &mut m, &user("eve"), ts(20)), Err(DomainError::NotAMember));
+        assert_eq!(
+            mark_seen(&room(), &mut m, &user("eve"), ts(20)),
+            Err(DomainError::NotAMember)
+        );
         let mut ms = vec![msg(1, "alice", 10)];
-        assert_eq!(apply_watermark(&room(), &mut ms, &wm("eve", 1), ts(20)), Err(DomainError::NotAMember));
+        assert_eq!(
+            apply_watermark(&room(), &mut ms, &wm("eve", 1), ts(20)),
+            Err(DomainError::NotAMember)
+        );
     }
 
     #[test]
@@ -164,8 +185,14 @@ mod tests {
 
     #[test]
     fn watermark_marks_only_the_other_members_messages_up_to_n() {
-        let mut ms = vec![msg(1, "alice", 1), msg(2, "bob", 2), msg(3, "alice", 3), msg(4, "alice", 4)];
-        let out = apply_watermark(&room(), &mut ms, &wm("bob", 3), ts(10)).unwrap_or_else(|e| panic!("{e}"));
+        let mut ms = vec![
+            msg(1, "alice", 1),
+            msg(2, "bob", 2),
+            msg(3, "alice", 3),
+            msg(4, "alice", 4),
+        ];
+        let out = apply_watermark(&room(), &mut ms, &wm("bob", 3), ts(10))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.marked, vec![seq(1), seq(3)]);
         assert_eq!(out.up_to, seq(3));
         assert!(ms[1].seen_at.is_none(), "bob's own message stays unseen");
@@ -175,9 +202,11 @@ mod tests {
     #[test]
     fn a_watermark_that_goes_backwards_marks_nothing() {
         let mut ms = vec![msg(1, "alice", 1), msg(2, "alice", 2)];
-        let first = apply_watermark(&room(), &mut ms, &wm("bob", 2), ts(10)).unwrap_or_else(|e| panic!("{e}"));
+        let first = apply_watermark(&room(), &mut ms, &wm("bob", 2), ts(10))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(first.changed());
-        let back = apply_watermark(&room(), &mut ms, &wm("bob", 1), ts(30)).unwrap_or_else(|e| panic!("{e}"));
+        let back = apply_watermark(&room(), &mut ms, &wm("bob", 1), ts(30))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(!back.changed());
         assert!(ms.iter().all(|m| m.seen_at == Some(ts(10))));
     }
@@ -185,7 +214,8 @@ mod tests {
     #[test]
     fn a_watermark_beyond_the_last_seq_is_clamped() {
         let mut ms = vec![msg(1, "alice", 1), msg(2, "alice", 2)];
-        let out = apply_watermark(&room(), &mut ms, &wm("bob", 1000), ts(10)).unwrap_or_else(|e| panic!("{e}"));
+        let out = apply_watermark(&room(), &mut ms, &wm("bob", 1000), ts(10))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.up_to, seq(2));
         assert_eq!(out.marked.len(), 2);
         assert_eq!(clamp_watermark(seq(9), None), None);

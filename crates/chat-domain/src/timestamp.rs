@@ -23,7 +23,8 @@ impl Timestamp {
     pub fn from_unix_micros(micros: i64) -> Result<Self, DomainError> {
         // Must be representable as a date (and so formattable) to be a valid timestamp.
         let nanos = i128::from(micros) * 1_000;
-        OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| DomainError::InvalidTimestamp)?;
+        OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .map_err(|_| DomainError::InvalidTimestamp)?;
         Ok(Self(micros))
     }
 

@@ -1,0 +1,236 @@
+//! Server configuration: every setting is an environment variable and a `--flag` of the same
+//! meaning (`chat-server --help` lists them). The parsed [`Config`] is passed in to whatever
+//! needs it; there is no global settings singleton.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "chat-server",
+    version,
+    about = "matchchat: a realtime 1:1 chat server for matched users"
+)]
+pub struct Config {
+    /// Address to listen on. Use port 0 for any free port (the chosen address is printed).
+    #[arg(long, env = "CHAT_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    /// `sqlite://PATH` (or a plain file path) for the embedded SQLite store, or
+    /// `postgres://USER:PASS@HOST:PORT/DB`. The SQLite file and its folder are created on first start.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "sqlite://./data/chat.db"
+    )]
+    pub database_url: String,
+
+    /// The host app's key for the service API (`Authorization: Bearer KEY`).
+    #[arg(long = "service-key", env = "CHAT_SERVICE_KEY", hide_env_values = true)]
+    pub service_key: Option<String>,
+
+    /// HS256 secret shared with the host app, used to sign and check user tokens.
+    #[arg(long = "jwt-secret", env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Comma-separated exact origins (e.g. `https://app.example.com`) allowed to open a
+    /// WebSocket. Same-origin pages and clients that send no Origin are always allowed.
+    #[arg(
+        long = "allowed-origins",
+        env = "CHAT_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Sustained per-user send rate, messages per second.
+    #[arg(long = "rate-per-sec", env = "CHAT_RATE_PER_SEC", default_value_t = 5)]
+    pub rate_per_sec: u32,
+
+    /// Per-user burst of sends allowed above the sustained rate.
+    #[arg(long = "rate-burst", env = "CHAT_RATE_BURST", default_value_t = 20)]
+    pub rate_burst: u32,
+
+    /// Most simultaneous WebSocket connections one user may hold.
+    #[arg(
+        long = "max-connections-per-user",
+        env = "CHAT_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 16
+    )]
+    pub max_connections_per_user: usize,
+
+    /// Database connections in the pool.
+    #[arg(long = "db-pool-size", env = "CHAT_DB_POOL_SIZE")]
+    pub db_pool_size: Option<usize>,
+
+    /// Group-commit writers (each owns a share of the rooms). Default: 4 on PostgreSQL, 1 on SQLite.
+    #[arg(long = "writers", env = "CHAT_WRITERS")]
+    pub writers: Option<usize>,
+
+    /// Most messages committed in one group-commit transaction.
+    #[arg(long = "max-batch", env = "CHAT_MAX_BATCH", default_value_t = 512)]
+    pub max_batch: usize,
+
+    /// HTTP worker threads. Default: one per CPU core.
+    #[arg(long = "workers", env = "CHAT_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Seconds between server pings on an idle WebSocket.
+    #[arg(long = "ping-secs", env = "CHAT_PING_SECS", default_value_t = 15)]
+    pub ping_secs: u64,
+
+    /// Seconds of silence from a client after which its WebSocket is closed.
+    #[arg(
+        long = "idle-timeout-secs",
+        env = "CHAT_IDLE_TIMEOUT_SECS",
+        default_value_t = 45
+    )]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds a new WebSocket has to send its `auth` frame.
+    #[arg(
+        long = "auth-timeout-secs",
+        env = "CHAT_AUTH_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub auth_timeout_secs: u64,
+
+    /// Demo mode: creates users alice and bob and their room, and lets the page log in as
+    /// either without a host app. Never use in production.
+    #[arg(long, env = "CHAT_DEMO")]
+    pub demo: bool,
+}
+
+/// Why the server will not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set: the host app needs it (or start with --demo to try the server out)")]
+    Missing(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Checks what clap cannot: secrets present outside demo mode, sane numbers.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.demo {
+            if self.service_key.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::Missing("CHAT_SERVICE_KEY"));
+            }
+            if self.jwt_secret.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::Missing("CHAT_JWT_SECRET"));
+            }
+        }
+        if self
+            .jwt_secret
+            .as_deref()
+            .is_some_and(|s| !s.is_empty() && s.len() < 16)
+        {
+            return Err(ConfigError::Invalid(
+                "CHAT_JWT_SECRET must be at least 16 bytes".into(),
+            ));
+        }
+        if self.rate_per_sec == 0 || self.rate_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "CHAT_RATE_PER_SEC and CHAT_RATE_BURST must be at least 1".into(),
+            ));
+        }
+        if self.max_connections_per_user == 0 || self.max_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "CHAT_MAX_CONNECTIONS_PER_USER and CHAT_MAX_BATCH must be at least 1".into(),
+            ));
+        }
+        if self.ping_secs == 0 || self.idle_timeout_secs <= self.ping_secs {
+            return Err(ConfigError::Invalid(
+                "CHAT_IDLE_TIMEOUT_SECS must be greater than CHAT_PING_SECS".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout_secs)
+    }
+
+    /// Allowed origins, trimmed, without empty entries.
+    pub fn origins(&self) -> Vec<String> {
+        self.allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut full = vec!["chat-server"];
+        full.extend_from_slice(args);
+        Config::try_parse_from(full).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn refuses_to_start_without_secrets_unless_demo() {
+        // Flags only: the test must not depend on this process's environment.
+        let c = parse(&["--service-key", "k"]);
+        if std::env::var_os("CHAT_JWT_SECRET").is_none() {
+            assert!(matches!(
+                c.validate(),
+                Err(ConfigError::Missing("CHAT_JWT_SECRET"))
+            ));
+        }
+        let c = parse(&["--jwt-secret", "0123456789abcdef0123"]);
+        if std::env::var_os("CHAT_SERVICE_KEY").is_none() {
+            assert!(matches!(
+                c.validate(),
+                Err(ConfigError::Missing("CHAT_SERVICE_KEY"))
+            ));
+        }
+        assert!(parse(&["--demo"]).validate().is_ok());
+        assert!(
+            parse(&["--service-key", "k", "--jwt-secret", "0123456789abcdef0123"])
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn short_secrets_and_zero_rates_are_refused() {
+        assert!(
+            parse(&["--demo", "--jwt-secret", "short"])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            parse(&["--demo", "--rate-per-sec", "0"])
+                .validate()
+                .is_err()
+        );
+        assert!(parse(&["--demo", "--ping-secs", "50"]).validate().is_err());
+    }
+
+    #[test]
+    fn origins_are_trimmed() {
+        let c = parse(&[
+            "--demo",
+            "--allowed-origins",
+            "https://a.example/, ,http://b.example:8080",
+        ]);
+        assert_eq!(
+            c.origins(),
+            vec!["https://a.example", "http://b.example:8080"]
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! Demo mode (`--demo`): two users, alice and bob, with a room, and a token endpoint the page
+//! can call without a host app. Off unless asked for; the server says so loudly.
+
+use actix_web::{HttpResponse, web};
+use chat_domain::UserId;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{parse_json, parse_user, token_for};
+use crate::error::ServerError;
+use crate::state::AppState;
+
+pub const DEMO_USERS: [&str; 2] = ["alice", "bob"];
+const DEMO_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+#[derive(Serialize)]
+struct DemoConfig<'a> {
+    demo: bool,
+    users: &'a [UserId],
+}
+
+#[derive(Deserialize)]
+struct DemoLogin {
+    user_id: String,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/demo/config", web::get().to(config))
+        .route("/demo/token", web::post().to(token));
+}
+
+pub fn users() -> Vec<UserId> {
+    DEMO_USERS
+        .iter()
+        .filter_map(|u| UserId::new(*u).ok())
+        .collect()
+}
+
+async fn config(state: web::Data<AppState>) -> Result<HttpResponse, ServerError> {
+    let users = state.demo_users.as_deref().ok_or(ServerError::NotFound)?;
+    Ok(HttpResponse::Ok().json(DemoConfig { demo: true, users }))
+}
+
+async fn token(body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, ServerError> {
+    let users = state.demo_users.as_deref().ok_or(ServerError::NotFound)?;
+    let login: DemoLogin = parse_json(&body)?;
+    let user = parse_user(&login.user_id)?;
+    if !users.contains(&user) {
+        return Err(ServerError::Unprocessable {
+            code: "not_a_demo_user",
+            message: "demo users are alice and bob".into(),
+        });
+    }
+    Ok(HttpResponse::Ok().json(token_for(&state, &user, DEMO_TOKEN_TTL_SECS)?))
+}

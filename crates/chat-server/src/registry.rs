@@ -1,0 +1,368 @@
+//! The room registry: one task that knows which connections belong to which user, and fans
+//! committed events out to them.
+//!
+//! It owns its state alone (no locks): connections talk to it through a cloneable
+//! [`RegistryHandle`], and it learns about messages, seen receipts and room changes only from
+//! the store's event bus, after they are committed. It never awaits a connection: each
+//! connection has a bounded mailbox, filled with `try_send`; a connection whose mailbox is
+//! full is too slow to read and is closed (1008 `slow_consumer`) rather than buffered without
+//! limit. A frame is serialised once per event and shared by every connection it goes to.
+//!
+//! Its state is rebuildable: it holds only live connections; rooms and members come with
+//! each event. If it ever falls behind the bus it closes every connection with 1013 and the
+//! clients catch up from the database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use chat_domain::protocol::{ServerFrame, close};
+use chat_domain::{RoomSummary, UserId};
+use chat_store::StoreEvent;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+pub type ConnId = u64;
+
+/// Why the registry closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The mailbox was full: the client does not read fast enough.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+    /// The registry lost events; the client must reconnect and catch up.
+    Resync,
+}
+
+impl Kick {
+    pub fn close_code(self) -> u16 {
+        match self {
+            Self::SlowConsumer => close::POLICY_VIOLATION,
+            Self::Shutdown => close::GOING_AWAY,
+            Self::Resync => close::TRY_AGAIN_LATER,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::SlowConsumer => "slow_consumer",
+            Self::Shutdown => "server_shutdown",
+            Self::Resync => "resync",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("too many connections for this user")]
+    TooManyConnections,
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// What a connection gets when it registers.
+pub struct Registration {
+    pub id: ConnId,
+    /// Frames to write to the socket, in order.
+    pub mailbox: mpsc::Receiver<ByteString>,
+    /// Fires when the registry closes this connection.
+    pub kicked: oneshot::Receiver<Kick>,
+    /// Deregisters the connection when dropped, however the connection task ends.
+    pub guard: RegistrationGuard,
+}
+
+struct Conn {
+    id: ConnId,
+    mailbox: mpsc::Sender<ByteString>,
+    kick: Option<oneshot::Sender<Kick>>,
+}
+
+impl Conn {
+    fn kick(&mut self, why: Kick) {
+        if let Some(kick) = self.kick.take() {
+            let _ = kick.send(why);
+        }
+    }
+}
+
+/// What the registry hands a new connection: its id, mailbox and kick signal.
+type Admission = (ConnId, mpsc::Receiver<ByteString>, oneshot::Receiver<Kick>);
+
+enum Command {
+    Register {
+        user: UserId,
+        reply: oneshot::Sender<Result<Admission, RegisterError>>,
+    },
+    Unregister {
+        user: UserId,
+        id: ConnId,
+    },
+    Shutdown,
+}
+
+/// A cloneable handle to the registry task.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    commands: mpsc::Sender<Command>,
+    connections: watch::Receiver<usize>,
+}
+
+pub struct RegistryConfig {
+    pub max_connections_per_user: usize,
+    pub mailbox_capacity: usize,
+}
+
+impl RegistryHandle {
+    /// Starts the registry task, fed by `events` (a subscription to the store's bus).
+    pub fn spawn(
+        config: RegistryConfig,
+        events: broadcast::Receiver<Arc<StoreEvent>>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (commands, rx) = mpsc::channel(4096);
+        let (count_tx, connections) = watch::channel(0usize);
+        let registry = Registry {
+            config,
+            users: HashMap::new(),
+            next_id: 1,
+            shutting_down: false,
+            count: count_tx,
+        };
+        let task = tokio::spawn(registry.run(rx, events));
+        (
+            Self {
+                commands,
+                connections,
+            },
+            task,
+        )
+    }
+
+    pub async fn register(&self, user: UserId) -> Result<Registration, RegisterError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Register {
+                user: user.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| RegisterError::ShuttingDown)?;
+        let (id, mailbox, kicked) = answer.await.map_err(|_| RegisterError::ShuttingDown)??;
+        Ok(Registration {
+            id,
+            mailbox,
+            kicked,
+            guard: RegistrationGuard {
+                user,
+                id,
+                commands: self.commands.clone(),
+            },
+        })
+    }
+
+    /// Closes every connection with 1001 and refuses new ones.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+
+    /// Waits until no connection is registered, or `timeout` passes. Returns how many remain.
+    pub async fn drained(&self, timeout: std::time::Duration) -> usize {
+        let mut count = self.connections.clone();
+        let _ = tokio::time::timeout(timeout, count.wait_for(|n| *n == 0)).await;
+        *count.borrow()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        *self.connections.borrow()
+    }
+}
+
+/// Deregisters a connection on drop.
+pub struct RegistrationGuard {
+    user: UserId,
+    id: ConnId,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Drop for RegistrationGuard {
+    fn drop(&mut self) {
+        let command = Command::Unregister {
+            user: self.user.clone(),
+            id: self.id,
+        };
+        if let Err(mpsc::error::TrySendError::Full(command)) = self.commands.try_send(command) {
+            // Rare: the registry is busy. Hand the message to a task rather than block a drop.
+            // If even that fails, the registry still drops the entry at its next failed send.
+            let commands = self.commands.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = commands.send(command).await;
+                });
+            }
+        }
+    }
+}
+
+struct Registry {
+    config: RegistryConfig,
+    users: HashMap<UserId, Vec<Conn>>,
+    next_id: ConnId,
+    shutting_down: bool,
+    count: watch::Sender<usize>,
+}
+
+impl Registry {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: broadcast::Receiver<Arc<StoreEvent>>,
+    ) {
+        let mut events_open = true;
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                event = events.recv(), if events_open => match event {
+                    Ok(event) => self.fan_out(&event),
+                    Err(broadcast::error::RecvError::Lagged(lost)) => {
+                        tracing::error!(lost, "registry fell behind the event bus; closing connections so clients resync");
+                        self.kick_all(Kick::Resync);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => events_open = false,
+                },
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Register { user, reply } => {
+                let result = self.register(&user);
+                if let Err(error) = &result {
+                    tracing::info!(user = %user, %error, "connection refused");
+                }
+                let _ = reply.send(result);
+            }
+            Command::Unregister { user, id } => {
+                if let Some(conns) = self.users.get_mut(&user) {
+                    conns.retain(|c| c.id != id);
+                    if conns.is_empty() {
+                        self.users.remove(&user);
+                    }
+                }
+                self.publish_count();
+            }
+            Command::Shutdown => {
+                self.shutting_down = true;
+                self.kick_all(Kick::Shutdown);
+            }
+        }
+    }
+
+    fn register(&mut self, user: &UserId) -> Result<Admission, RegisterError> {
+        if self.shutting_down {
+            return Err(RegisterError::ShuttingDown);
+        }
+        let conns = self.users.entry(user.clone()).or_default();
+        // Entries of connections that ended without deregistering (their mailbox is closed)
+        // do not count against the cap.
+        conns.retain(|c| !c.mailbox.is_closed());
+        if conns.len() >= self.config.max_connections_per_user {
+            return Err(RegisterError::TooManyConnections);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let (mailbox, rx) = mpsc::channel(self.config.mailbox_capacity.max(1));
+        let (kick, kicked) = oneshot::channel();
+        conns.push(Conn {
+            id,
+            mailbox,
+            kick: Some(kick),
+        });
+        self.publish_count();
+        Ok((id, rx, kicked))
+    }
+
+    fn publish_count(&self) {
+        let n = self.users.values().map(Vec::len).sum();
+        self.count.send_replace(n);
+    }
+
+    fn kick_all(&mut self, why: Kick) {
+        for conns in self.users.values_mut() {
+            for conn in conns.iter_mut() {
+                conn.kick(why);
+            }
+        }
+    }
+
+    fn fan_out(&mut self, event: &StoreEvent) {
+        match event {
+            StoreEvent::MessageCommitted { members, message } => {
+                let frame = ServerFrame::Message {
+                    room_id: message.room_id.clone(),
+                    message: message.clone(),
+                };
+                self.deliver(members.as_slice(), &frame);
+            }
+            StoreEvent::SeenMarked {
+                room_id,
+                members,
+                reader,
+                up_to,
+                seen_at,
+            } => {
+                let frame = ServerFrame::Seen {
+                    room_id: room_id.clone(),
+                    reader_id: reader.clone(),
+                    up_to_seq: *up_to,
+                    seen_at: *seen_at,
+                };
+                self.deliver(members.as_slice(), &frame);
+            }
+            StoreEvent::RoomOpened { room } => {
+                let frame = ServerFrame::RoomOpened {
+                    room: RoomSummary::new(room, None, 0),
+                };
+                self.deliver(room.members.as_slice(), &frame);
+            }
+            StoreEvent::RoomClosed { room } => {
+                let frame = ServerFrame::RoomClosed {
+                    room_id: room.id.clone(),
+                };
+                self.deliver(room.members.as_slice(), &frame);
+            }
+        }
+    }
+
+    fn deliver(&mut self, users: &[UserId], frame: &ServerFrame) {
+        let mut text: Option<ByteString> = None;
+        let mut removed = false;
+        for user in users {
+            let Some(conns) = self.users.get_mut(user) else {
+                continue;
+            };
+            let text = text.get_or_insert_with(|| ByteString::from(frame.to_json()));
+            conns.retain_mut(|conn| match conn.mailbox.try_send(text.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(user = %user, conn = conn.id, "mailbox full; closing slow connection");
+                    conn.kick(Kick::SlowConsumer);
+                    removed = true;
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    removed = true;
+                    false
+                }
+            });
+            if conns.is_empty() {
+                self.users.remove(user);
+            }
+        }
+        if removed {
+            self.publish_count();
+        }
+    }
+}

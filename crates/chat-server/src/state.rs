@@ -1,0 +1,45 @@
+//! What every request handler and connection shares.
+
+use std::sync::Arc;
+
+use chat_store::Repository;
+
+use crate::auth::{ServiceKey, TokenKeys};
+use crate::config::Config;
+use crate::origin::OriginPolicy;
+use crate::ratelimit::SendLimiter;
+use crate::registry::RegistryHandle;
+use crate::writer::WriterHandle;
+
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Repository>,
+    pub writer: WriterHandle,
+    pub registry: RegistryHandle,
+    pub tokens: TokenKeys,
+    pub service_key: ServiceKey,
+    pub limiter: SendLimiter,
+    pub origins: OriginPolicy,
+    /// The core runtime: store calls, writers and the registry run there, so database
+    /// connections live on one multi-threaded runtime whatever HTTP worker asked for them.
+    pub core: tokio::runtime::Handle,
+    pub demo_users: Option<Vec<chat_domain::UserId>>,
+}
+
+impl AppState {
+    /// Runs a future on the core runtime and waits for it from an HTTP worker.
+    pub async fn on_core<F, T>(&self, future: F) -> Result<T, crate::error::ServerError>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.core.spawn(future).await.map_err(|error| {
+            tracing::error!(%error, "core task failed");
+            crate::error::ServerError::Internal
+        })
+    }
+}
+
+pub fn now() -> chat_domain::Timestamp {
+    chat_domain::Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+}

@@ -1,0 +1,136 @@
+//! Group commit: the write path of every message.
+//!
+//! Sends are routed to one of N writer tasks by a hash of their room, so one room always
+//! has one writer (its messages commit, and so are published, in the order they arrived)
+//! while different rooms spread over writers (a slow batch stalls only its share of rooms).
+//! A writer takes every job waiting in its queue, up to `max_batch`, and stores them in one
+//! transaction: under load the batches grow by themselves and the database sees one commit
+//! (one fsync) for hundreds of messages; when idle a message commits alone, at once. The
+//! wait is bounded by one transaction of the batch before it.
+//!
+//! The writer only stores. Delivery happens when the store publishes the committed event
+//! (see `registry.rs`), never from here.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use chat_domain::{NewMessage, Timestamp};
+use chat_store::{Appended, Repository, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+struct Job {
+    message: NewMessage,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// A cloneable handle to the writers. Dropping every handle lets the writers finish the
+/// jobs already queued and stop (graceful shutdown).
+#[derive(Clone)]
+pub struct WriterHandle {
+    queues: Arc<[mpsc::Sender<Job>]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the writer has stopped (server shutting down)")]
+    Stopped,
+}
+
+impl WriterHandle {
+    /// Starts `writers` writer tasks; each queue holds `queue_capacity` jobs before senders wait.
+    pub fn spawn(
+        store: Arc<dyn Repository>,
+        writers: usize,
+        max_batch: usize,
+        queue_capacity: usize,
+    ) -> (Self, Vec<JoinHandle<()>>) {
+        let writers = writers.max(1);
+        let mut queues = Vec::with_capacity(writers);
+        let mut tasks = Vec::with_capacity(writers);
+        for index in 0..writers {
+            let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+            queues.push(tx);
+            tasks.push(tokio::spawn(run(
+                index,
+                store.clone(),
+                rx,
+                max_batch.max(1),
+            )));
+        }
+        (
+            Self {
+                queues: queues.into(),
+            },
+            tasks,
+        )
+    }
+
+    /// Stores a message; resolves once it is committed (or refused).
+    pub async fn append(&self, message: NewMessage) -> Result<Appended, WriteError> {
+        let queue = &self.queues[partition(&message, self.queues.len())];
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Job { message, reply })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| WriteError::Stopped)?
+            .map_err(WriteError::Store)
+    }
+}
+
+fn partition(message: &NewMessage, partitions: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    message.room_id.hash(&mut hasher);
+    (hasher.finish() % partitions as u64) as usize
+}
+
+async fn run(
+    index: usize,
+    store: Arc<dyn Repository>,
+    mut queue: mpsc::Receiver<Job>,
+    max_batch: usize,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    while queue.recv_many(&mut jobs, max_batch).await > 0 {
+        let (messages, replies): (Vec<_>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
+        let count = messages.len();
+        let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+        match store.append_batch(messages, now).await {
+            Ok(results) if results.len() == count => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // The sender may have gone away; the message is stored all the same.
+                    let _ = reply.send(result);
+                }
+            }
+            Ok(results) => {
+                tracing::error!(
+                    writer = index,
+                    expected = count,
+                    got = results.len(),
+                    "store returned a result per message mismatch"
+                );
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Database(
+                        "batch result count mismatch".into(),
+                    )));
+                }
+            }
+            Err(error) => {
+                // Nothing of the batch was committed: every sender gets the error and may retry
+                // with the same client_msg_id.
+                tracing::error!(writer = index, batch = count, %error, "group commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+    tracing::debug!(writer = index, "writer stopped");
+}

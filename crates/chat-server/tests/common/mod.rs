@@ -1,0 +1,477 @@
+//! Test harness: starts the real `chat-server` binary on 127.0.0.1 and a free port, against a
+//! real SQLite file or a fresh PostgreSQL database, and talks to it over real HTTP and
+//! WebSockets. The server is stopped by PID when the handle drops.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SERVICE_KEY: &str = "test-service-key";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef";
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the server keeps its data; survives server restarts within one test.
+pub struct Database {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl Database {
+    pub fn new(db: Db) -> Self {
+        match db {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                    pg: None,
+                }
+            }
+            Db::Postgres => {
+                let admin = std::env::var("DATABASE_URL")
+                    .ok()
+                    .filter(|u| u.starts_with("postgres"))
+                    .expect("PostgreSQL tests need DATABASE_URL=postgres://...: run scripts/test.sh, which starts a throwaway PostgreSQL");
+                static N: AtomicU64 = AtomicU64::new(0);
+                let name = format!(
+                    "chat_server_test_{}_{}_{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed),
+                    Instant::now().elapsed().as_nanos() % 1000
+                );
+                psql(&admin, &format!("CREATE DATABASE {name}"));
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(b, _)| b.to_owned())
+                    .expect("database URL has a path");
+                let url = format!("{base}/{name}");
+                Self {
+                    url,
+                    _dir: None,
+                    pg: Some((admin, name)),
+                }
+            }
+        }
+    }
+
+    /// Runs SQL against this (PostgreSQL) database.
+    pub fn psql(&self, sql: &str) -> String {
+        psql(&self.url, sql)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.pg {
+            let _ = Command::new("psql")
+                .args([
+                    admin.as_str(),
+                    "-q",
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-t", "-A", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A running chat-server process.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub db_url: String,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    pub fn start(db: &Database) -> Self {
+        Self::start_with(db, &[])
+    }
+
+    pub fn start_with(db: &Database, env: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::spawn(&db.url, env, "127.0.0.1:0")
+    }
+
+    fn spawn(db_url: &str, env: Vec<(String, String)>, bind: &str) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CHAT_BIND", bind)
+            .env("DATABASE_URL", db_url)
+            .env("CHAT_SERVICE_KEY", SERVICE_KEY)
+            .env("CHAT_JWT_SECRET", JWT_SECRET)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("chat-server starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(addr) = line.strip_prefix("chat-server listening on http://") {
+                    let _ = tx.send(addr.trim().to_owned());
+                    sent = true;
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("chat-server did not report its address in time");
+            }
+        };
+        Self {
+            child,
+            addr,
+            db_url: db_url.to_owned(),
+            env,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit()
+    }
+
+    /// SIGKILL: a crash, nothing flushed by the server itself.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+
+    /// Starts the server again on the same port and database (after `kill`/`terminate`).
+    pub fn restart(&mut self) {
+        let next = Self::spawn(&self.db_url, self.env.clone(), &self.addr);
+        // The old process has exited; dropping its handle does nothing more.
+        drop(std::mem::replace(self, next));
+    }
+
+    pub fn http(&self) -> Http {
+        Http {
+            base: format!("http://{}", self.addr),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Opens a room for two users through the service API.
+    pub fn room(&self, a: &str, b: &str) -> String {
+        let (status, body) =
+            self.http()
+                .post("/api/rooms", json!({"members": [a, b]}), Some(SERVICE_KEY));
+        assert_eq!(status, 200, "{body}");
+        body["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        let (status, body) = self.http().post(
+            "/api/tokens",
+            json!({"user_id": user, "ttl_seconds": 3600}),
+            Some(SERVICE_KEY),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Connects and authenticates `user`; returns the client and its `ready` frame.
+    pub async fn connect(&self, user: &str) -> (Client, Value) {
+        let mut client = Client::connect(&self.ws_url(), None)
+            .await
+            .expect("websocket connects");
+        client
+            .send(json!({"type": "auth", "token": self.token(user)}))
+            .await;
+        let ready = client.recv().await;
+        assert_eq!(ready["type"], "ready", "{ready}");
+        (client, ready)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let _ = self.wait_exit();
+        }
+    }
+}
+
+/// The service API over real HTTP.
+pub struct Http {
+    base: String,
+}
+
+impl Http {
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    fn finish(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+        let mut response = response.expect("HTTP request completes");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub fn post(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+        let mut req = Self::agent().post(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.header("Authorization", format!("Bearer {key}"));
+        }
+        Self::finish(req.send_json(body))
+    }
+
+    pub fn post_raw(&self, path: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+        let mut req = Self::agent()
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(key) = key {
+            req = req.header("Authorization", format!("Bearer {key}"));
+        }
+        Self::finish(req.send(body))
+    }
+
+    pub fn delete(&self, path: &str, key: Option<&str>) -> (u16, Value) {
+        let mut req = Self::agent().delete(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.header("Authorization", format!("Bearer {key}"));
+        }
+        Self::finish(req.call())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        Self::finish(Self::agent().get(format!("{}{path}", self.base)).call())
+    }
+}
+
+/// A WebSocket client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How the server ended a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    pub async fn connect(
+        url: &str,
+        origin: Option<&str>,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("Origin", origin.parse().expect("valid header"));
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time")?;
+        Ok(Self { ws })
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(WsMessage::text(frame.to_string()))
+            .await
+            .expect("send frame");
+    }
+
+    pub async fn send_raw(&mut self, message: WsMessage) {
+        self.ws.send(message).await.expect("send raw frame");
+    }
+
+    /// The next text frame as JSON. Panics on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time");
+            match next {
+                Some(Ok(WsMessage::Text(text))) => {
+                    return serde_json::from_str(&text).expect("JSON frame");
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Skips frames until one matches.
+    pub async fn recv_until(&mut self, mut matches: impl FnMut(&Value) -> bool) -> Value {
+        for _ in 0..10_000 {
+            let frame = self.recv().await;
+            if matches(&frame) {
+                return frame;
+            }
+        }
+        panic!("no matching frame in 10000 frames");
+    }
+
+    /// The next frame of a type.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        self.recv_until(|f| f["type"] == kind).await
+    }
+
+    /// Waits for the server to close the connection; returns the close frame.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time");
+            match next {
+                Some(Ok(WsMessage::Close(Some(CloseFrame { code, reason })))) => {
+                    return Closed {
+                        code: code.into(),
+                        reason: reason.to_string(),
+                    };
+                }
+                Some(Ok(WsMessage::Close(None))) => {
+                    return Closed {
+                        code: 1005,
+                        reason: String::new(),
+                    };
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed instead of closing: {e}"),
+                None => panic!("stream ended without a close frame"),
+            }
+        }
+    }
+
+    /// A round trip proving the connection is still open and served.
+    pub async fn assert_alive(&mut self, room: &str) {
+        self.send(json!({"type": "history", "room_id": room, "limit": 1}))
+            .await;
+        let reply = self
+            .recv_until(|f| f["type"] == "history" || f["type"] == "error")
+            .await;
+        assert_eq!(
+            reply["type"], "history",
+            "connection still serves requests: {reply}"
+        );
+    }
+
+    pub async fn send_message(&mut self, room: &str, client_msg_id: &str, body: &str) {
+        self.send(
+            json!({"type": "send", "room_id": room, "client_msg_id": client_msg_id, "body": body}),
+        )
+        .await;
+    }
+
+    pub async fn history(&mut self, request: Value) -> Vec<Value> {
+        self.send(request).await;
+        let reply = self
+            .recv_until(|f| f["type"] == "history" || f["type"] == "error")
+            .await;
+        assert_eq!(reply["type"], "history", "{reply}");
+        reply["messages"].as_array().expect("messages").clone()
+    }
+}
+
+/// Runs each test body against both backends: `both_backends!(name, |db| async move { ... })`
+/// makes `sqlite_name` and `postgres_name` tests, so the output shows both.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)($crate::common::Db::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)($crate::common::Db::Postgres).await;
+            }
+        }
+    };
+}
