@@ -366,3 +366,138 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_domain::{Body, ClientMsgId, Members, Message, Room, RoomId, Seq, Timestamp};
+    use chat_store::EventBus;
+
+    fn user(s: &str) -> UserId {
+        UserId::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn message_event(seq: u64) -> StoreEvent {
+        let members = Members::new(user("alice"), user("bob")).unwrap_or_else(|e| panic!("{e}"));
+        let message = Message {
+            room_id: RoomId::new("r1").unwrap_or_else(|e| panic!("{e}")),
+            seq: Seq::new(seq).unwrap_or_else(|e| panic!("{e}")),
+            sender_id: user("alice"),
+            body: Body::new("hi").unwrap_or_else(|e| panic!("{e}")),
+            sent_at: Timestamp::from_unix_micros(1).unwrap_or_else(|e| panic!("{e}")),
+            seen_at: None,
+            client_msg_id: ClientMsgId::new(format!("c{seq}")).unwrap_or_else(|e| panic!("{e}")),
+        };
+        StoreEvent::MessageCommitted { members, message }
+    }
+
+    fn start(max: usize, mailbox: usize) -> (RegistryHandle, EventBus) {
+        let bus = EventBus::new(64);
+        let (handle, _task) = RegistryHandle::spawn(
+            RegistryConfig {
+                max_connections_per_user: max,
+                mailbox_capacity: mailbox,
+            },
+            bus.subscribe(),
+        );
+        (handle, bus)
+    }
+
+    #[tokio::test]
+    async fn fans_out_to_every_connection_of_both_members_only() {
+        let (registry, bus) = start(4, 8);
+        let mut alice1 = registry
+            .register(user("alice"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut alice2 = registry
+            .register(user("alice"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut bob = registry
+            .register(user("bob"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut carol = registry
+            .register(user("carol"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        bus.publish(message_event(1));
+        for conn in [&mut alice1, &mut alice2, &mut bob] {
+            let frame = conn.mailbox.recv().await.unwrap_or_default();
+            assert!(frame.contains(r#""seq":1"#), "{frame}");
+        }
+        // Carol is not a member: the next thing she gets is an event of her own.
+        let carol_room = Room {
+            id: RoomId::new("r2").unwrap_or_else(|e| panic!("{e}")),
+            members: Members::new(user("carol"), user("dave")).unwrap_or_else(|e| panic!("{e}")),
+            created_at: Timestamp::from_unix_micros(0).unwrap_or_else(|e| panic!("{e}")),
+            closed_at: None,
+        };
+        bus.publish(StoreEvent::RoomClosed { room: carol_room });
+        let frame = carol.mailbox.recv().await.unwrap_or_default();
+        assert_eq!(frame, r#"{"type":"room_closed","room_id":"r2"}"#);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_does_not_read_is_kicked_not_buffered() {
+        let (registry, bus) = start(4, 2);
+        let slow = registry
+            .register(user("bob"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut fast = registry
+            .register(user("alice"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for seq in 1..=3 {
+            bus.publish(message_event(seq));
+            // Alice reads; her mailbox never fills.
+            let frame = fast.mailbox.recv().await.unwrap_or_default();
+            assert!(frame.contains(&format!(r#""seq":{seq}"#)));
+        }
+        assert_eq!(slow.kicked.await.ok(), Some(Kick::SlowConsumer));
+        assert_eq!(Kick::SlowConsumer.close_code(), 1008);
+    }
+
+    #[tokio::test]
+    async fn caps_connections_per_user_and_frees_a_slot_on_drop() {
+        let (registry, _bus) = start(2, 8);
+        let first = registry
+            .register(user("alice"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _second = registry
+            .register(user("alice"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            registry.register(user("alice")).await.err(),
+            Some(RegisterError::TooManyConnections)
+        );
+        assert!(
+            registry.register(user("bob")).await.is_ok(),
+            "the cap is per user"
+        );
+        drop(first);
+        assert!(
+            registry.register(user("alice")).await.is_ok(),
+            "the guard deregistered on drop"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_kicks_everyone_and_refuses_newcomers() {
+        let (registry, _bus) = start(2, 8);
+        let conn = registry
+            .register(user("alice"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        registry.shutdown().await;
+        assert_eq!(conn.kicked.await.ok(), Some(Kick::Shutdown));
+        assert_eq!(
+            registry.register(user("bob")).await.err(),
+            Some(RegisterError::ShuttingDown)
+        );
+    }
+}
