@@ -69,15 +69,28 @@ impl WriterHandle {
         )
     }
 
-    /// Stores a message; resolves once it is committed (or refused).
-    pub async fn append(&self, message: NewMessage) -> Result<Appended, WriteError> {
+    /// Queues a message for its room's writer and returns the receipt to await. Messages
+    /// queued one after another by the same caller commit in that order (same room, same
+    /// writer, FIFO queue), so a caller that must keep order queues in order and awaits the
+    /// receipts concurrently. Waits only while the writer's queue is full.
+    pub async fn enqueue(&self, message: NewMessage) -> Result<Receipt, WriteError> {
         let queue = &self.queues[partition(&message, self.queues.len())];
         let (reply, answer) = oneshot::channel();
         queue
             .send(Job { message, reply })
             .await
             .map_err(|_| WriteError::Stopped)?;
-        answer
+        Ok(Receipt(answer))
+    }
+}
+
+/// The promise of a queued message's outcome.
+pub struct Receipt(oneshot::Receiver<Result<Appended, StoreError>>);
+
+impl Receipt {
+    /// Resolves once the message is committed (or refused).
+    pub async fn committed(self) -> Result<Appended, WriteError> {
+        self.0
             .await
             .map_err(|_| WriteError::Stopped)?
             .map_err(WriteError::Store)

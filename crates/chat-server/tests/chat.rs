@@ -788,8 +788,40 @@ both_backends!(
             "a close frame with code 1001 (idle_timeout) was sent"
         );
         assert!(
-            received.iter().any(|b| *b == 0x89),
+            received.contains(&0x89),
             "pings were sent before giving up"
         );
+    }
+);
+
+both_backends!(
+    one_connections_sends_commit_in_the_order_they_were_sent,
+    |db: Db| async move {
+        let db = Database::new(db);
+        let server = Server::start_with(
+            &db,
+            &[
+                ("CHAT_RATE_PER_SEC", "100000"),
+                ("CHAT_RATE_BURST", "100000"),
+            ],
+        );
+        let room = server.room("alice", "bob");
+        let (mut alice, _) = server.connect("alice").await;
+        let (mut bob, _) = server.connect("bob").await;
+        // Fired back to back, without waiting for any copy: up to 64 are in flight at once.
+        for i in 0..200 {
+            alice
+                .send_message(&room, &format!("o{i:03}"), &format!("n{i}"))
+                .await;
+        }
+        for i in 0..200u64 {
+            let frame = bob.recv_type("message").await;
+            assert_eq!(frame["message"]["seq"], i + 1);
+            assert_eq!(
+                frame["message"]["client_msg_id"],
+                format!("o{i:03}"),
+                "seq order is send order"
+            );
+        }
     }
 );

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::error::StoreError;
 
-/// Which database a URL selects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which database a URL selects. Its `Debug` output hides the password of a PostgreSQL URL,
+/// so a logged config never leaks it.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Backend {
     /// `postgres://...` or `postgresql://...`
     Postgres { url: String },
@@ -23,7 +24,9 @@ impl Backend {
             return Err(StoreError::Config("DATABASE_URL is empty".into()));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Self::Postgres { url: url.to_owned() });
+            return Ok(Self::Postgres {
+                url: url.to_owned(),
+            });
         }
         let path = url
             .strip_prefix("sqlite://")
@@ -39,13 +42,27 @@ impl Backend {
                 "unsupported database URL scheme in {path:?}: use postgres://... or sqlite://PATH"
             )));
         }
-        Ok(Self::Sqlite { path: PathBuf::from(path) })
+        Ok(Self::Sqlite {
+            path: PathBuf::from(path),
+        })
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Self::Postgres { .. } => "postgres",
             Self::Sqlite { .. } => "sqlite",
+        }
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Postgres { url } => f
+                .debug_struct("Postgres")
+                .field("url", &crate::redact_url(url))
+                .finish(),
+            Self::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
         }
     }
 }
@@ -95,18 +112,39 @@ mod tests {
 
     #[test]
     fn urls_select_a_backend() {
-        assert!(matches!(Backend::from_url("postgres://u@h/db"), Ok(Backend::Postgres { .. })));
-        assert!(matches!(Backend::from_url("postgresql://u@h/db"), Ok(Backend::Postgres { .. })));
+        assert!(matches!(
+            Backend::from_url("postgres://u@h/db"),
+            Ok(Backend::Postgres { .. })
+        ));
+        assert!(matches!(
+            Backend::from_url("postgresql://u@h/db"),
+            Ok(Backend::Postgres { .. })
+        ));
         assert_eq!(
             Backend::from_url("sqlite://./data/chat.db"),
-            Ok(Backend::Sqlite { path: PathBuf::from("./data/chat.db") })
+            Ok(Backend::Sqlite {
+                path: PathBuf::from("./data/chat.db")
+            })
         );
         assert_eq!(
             Backend::from_url("/var/lib/chat.db"),
-            Ok(Backend::Sqlite { path: PathBuf::from("/var/lib/chat.db") })
+            Ok(Backend::Sqlite {
+                path: PathBuf::from("/var/lib/chat.db")
+            })
         );
         assert!(Backend::from_url("").is_err());
         assert!(Backend::from_url("sqlite://:memory:").is_err());
         assert!(Backend::from_url("mysql://x").is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let config = StoreConfig::new("postgres://chat:hunter2@db:5432/chat");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://chat:***@db:5432/chat"),
+            "{shown}"
+        );
     }
 }

@@ -6,13 +6,47 @@
 //! Fan-out is driven by those events, never by the code path of the writer: a node learns
 //! about a committed message the same way whether it wrote it or (later, through PostgreSQL
 //! LISTEN/NOTIFY or NATS) another node did. Nothing here knows about HTTP or WebSockets.
+//!
+//! Open a store with [`open`]; `docs/storage.md` describes the schema and how each rule is
+//! enforced.
 
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod postgres;
 pub mod repository;
+pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+mod append;
+mod models;
+mod schema;
+mod support;
+
+use std::sync::Arc;
 
 pub use config::{Backend, StoreConfig};
 pub use error::StoreError;
 pub use events::{EventBus, StoreEvent};
+pub use postgres::PgStore;
 pub use repository::{Appended, Repository, RoomOpened};
+pub use sqlite::SqliteStore;
+pub use support::redact_url;
+
+/// Opens the store `config` names: PostgreSQL for a `postgres://` URL, SQLite for a file
+/// (created, with its folder, if missing). Runs pending migrations first, so a new database
+/// is ready to use. Errors are `Config` for unusable settings and `Unavailable` when the
+/// database cannot be reached (retryable).
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Repository>, StoreError> {
+    match &config.backend {
+        Backend::Postgres { url } => {
+            tracing::info!(backend = "postgres", url = %redact_url(url), "opening store");
+            Ok(Arc::new(PgStore::open(config).await?))
+        }
+        Backend::Sqlite { path } => {
+            tracing::info!(backend = "sqlite", path = %path.display(), "opening store");
+            Ok(Arc::new(SqliteStore::open(config).await?))
+        }
+    }
+}

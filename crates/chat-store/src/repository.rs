@@ -5,7 +5,10 @@
 //! the commit succeeded.
 
 use async_trait::async_trait;
-use chat_domain::{HistoryPage, Members, Message, NewMessage, Room, RoomId, RoomSummary, Seq, SeenOutcome, Timestamp, UserId};
+use chat_domain::{
+    HistoryPage, Members, Message, NewMessage, Room, RoomId, RoomSummary, SeenOutcome, Seq,
+    Timestamp, UserId,
+};
 
 use crate::error::StoreError;
 use crate::events::EventBus;
@@ -71,14 +74,20 @@ pub trait Repository: Send + Sync + 'static {
     /// and de-duplicates on `(room, sender, client_msg_id)`.
     async fn append(&self, message: NewMessage, now: Timestamp) -> Result<Appended, StoreError> {
         let mut results = self.append_batch(vec![message], now).await?;
-        results
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::Database("append_batch returned no result".into())))
+        results.pop().unwrap_or_else(|| {
+            Err(StoreError::Database(
+                "append_batch returned no result".into(),
+            ))
+        })
     }
 
     /// Stores many messages, for any rooms, in one transaction (group commit). Each message
     /// gets its own result, in input order: a message that breaks a rule fails alone, and the
     /// others still commit. The outer error means nothing was committed.
+    ///
+    /// Per message, in this order: `UnknownRoom`; `Rule(NotAMember)`; `Duplicate` when the
+    /// key is stored already (earlier in the same batch included, and also once the room is
+    /// closed: a retry learns its message was stored); `Rule(RoomClosed)`; else `New`.
     async fn append_batch(
         &self,
         messages: Vec<NewMessage>,
@@ -86,7 +95,12 @@ pub trait Repository: Send + Sync + 'static {
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError>;
 
     /// A page of history, oldest first, for a member of the room (open or closed).
-    async fn history(&self, room: &RoomId, reader: &UserId, page: HistoryPage) -> Result<Vec<Message>, StoreError>;
+    async fn history(
+        &self,
+        room: &RoomId,
+        reader: &UserId,
+        page: HistoryPage,
+    ) -> Result<Vec<Message>, StoreError>;
 
     /// Marks seen everything the other member sent in `room` up to `up_to` (clamped to the
     /// room's last seq) that is not seen yet, with `seen_at = max(now, sent_at)`. Works on

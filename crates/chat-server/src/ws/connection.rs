@@ -390,22 +390,25 @@ impl Connection {
             client_msg_id: client_msg_id.clone(),
             body,
         };
-        let state = self.state.clone();
-        self.pending.push(Box::pin(async move {
-            let writer = state.writer.clone();
-            let result = match state
-                .on_core(async move { writer.append(message).await })
-                .await
-            {
-                Ok(result) => result.map_err(ServerError::from),
-                Err(error) => Err(error),
-            };
-            Done::Sent {
-                reference: client_msg_id,
-                result,
+        // Queued here, in the order the frames arrived, so one connection's sends to a room
+        // commit in the order they were sent; only the wait for the commit runs concurrently.
+        match self.state.writer.enqueue(message).await {
+            Ok(receipt) => {
+                self.pending.push(Box::pin(async move {
+                    let result = receipt.committed().await.map_err(ServerError::from);
+                    Done::Sent {
+                        reference: client_msg_id,
+                        result,
+                    }
+                }));
+                true
             }
-        }));
-        true
+            Err(error) => {
+                let error = ServerError::from(error);
+                self.error(error.wire_code(), error.to_string(), reference)
+                    .await
+            }
+        }
     }
 
     fn on_seen(&mut self, room_id: RoomId, up_to: Seq) {
