@@ -1,0 +1,101 @@
+// Takes the documentation screenshots (docs/img/) of a real conversation on a real server:
+//   tests/browser/run.sh --screenshots
+// desktop.png (1280x800, alice), phone.png (390x844, bob), phone-dark.png (390x844, dark).
+
+import { join } from "node:path";
+import { mkdirSync } from "node:fs";
+import {
+  REPO,
+  WAIT,
+  startServer,
+  removeDir,
+  launchBrowser,
+  openAs,
+  sendViaComposer,
+  waitMessage,
+  serviceApi,
+} from "./lib/harness.mjs";
+
+const OUT = join(REPO, "docs/img");
+mkdirSync(OUT, { recursive: true });
+
+/** Sends messages as any user, through the service API's token and a bare WebSocket. */
+async function sendAs(browser, server, user, roomId, bodies) {
+  const { token } = await serviceApi(server, "POST", "/api/tokens", { user_id: user });
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  await page.goto(`${server.url}/healthz`);
+  await page.evaluate(
+    ({ token, roomId, bodies }) =>
+      new Promise((resolve, reject) => {
+        const ws = new WebSocket(`ws://${location.host}/ws`);
+        let confirmed = 0;
+        ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token }));
+        ws.onmessage = (ev) => {
+          const f = JSON.parse(ev.data);
+          if (f.type === "ready") {
+            bodies.forEach((body, i) =>
+              setTimeout(() => ws.send(JSON.stringify({ type: "send", room_id: roomId, client_msg_id: `shot-${i}-${Date.now()}`, body })), i * 30),
+            );
+          } else if (f.type === "message" && ++confirmed === bodies.length) {
+            ws.close();
+            resolve();
+          } else if (f.type === "error") reject(new Error(f.message));
+        };
+      }),
+    { token, roomId, bodies },
+  );
+  await ctx.close();
+}
+
+const server = await startServer({ env: { CHAT_SERVICE_KEY: "screenshot-service-key" } });
+const browser = await launchBrowser();
+try {
+  // Other matches of Alice's, so her list looks lived in.
+  const carol = await serviceApi(server, "POST", "/api/rooms", { members: ["alice", "carol"] });
+  await sendAs(browser, server, "carol", carol.room_id, ["Hi Alice! Your dog is adorable 🐶", "What's her name?"]);
+  const dan = await serviceApi(server, "POST", "/api/rooms", { members: ["alice", "dan"] });
+  await sendAs(browser, server, "dan", dan.room_id, ["It was nice talking, take care!"]);
+  await serviceApi(server, "DELETE", `/api/rooms/${dan.room_id}`);
+
+  const alice = await openAs(browser, server.url, "alice", { viewport: { width: 1280, height: 800 } });
+  const bob = await openAs(browser, server.url, "bob", { viewport: { width: 390, height: 844 } });
+  const bobRoom = await bob.evaluate(() => window.matchchat.client.getRooms()[0].room_id);
+  await alice.locator(`[data-testid="room"][data-room-id="${bobRoom}"]`).click();
+
+  const script = [
+    ["alice", "Hey Bob! Loved your photo from the Dolomites 🏔️"],
+    ["bob", "Thanks! That was the Tre Cime loop, 10 km of pure wow. Do you hike?"],
+    ["alice", "All the time! Mostly day trips around the lakes though 🥾"],
+    ["alice", "Any tips for a first multi-day trip?"],
+    ["bob", "Start with huts, not tents 😄 Light pack, good socks, and an early start every day."],
+    ["bob", "Coffee this weekend? I can bring the maps ☕🗺️"],
+    ["alice", "Saturday works! 10:30 at Café Lumen?"],
+    ["bob", "Perfect. I'll be the one in the ridiculous orange jacket 🧡"],
+  ];
+  for (const [who, body] of script) {
+    const page = who === "alice" ? alice : bob;
+    await sendViaComposer(page, body);
+    await waitMessage(alice, body, ["seen"]);
+    await waitMessage(bob, body, ["seen"]);
+  }
+  await bob.locator('[data-testid="composer"]').fill("See you there! 🙌");
+  await bob.locator('[data-testid="composer"]').blur();
+  await bob.screenshot({ path: join(OUT, "phone.png"), animations: "disabled" });
+  await bob.emulateMedia({ colorScheme: "dark" });
+  await bob.screenshot({ path: join(OUT, "phone-dark.png"), animations: "disabled" });
+  await bob.close();
+
+  // Bob is gone: Alice's last one stays "sent" (one tick) while the others are "seen".
+  await sendViaComposer(alice, "Ha, deal. See you there!\nI'll bring the trail snacks 🍫");
+  await waitMessage(alice, "Ha, deal. See you there!\nI'll bring the trail snacks 🍫", ["sent"]);
+  await alice.locator('[data-testid="composer"]').fill("Can't wait");
+  await alice.locator('[data-testid="composer"]').blur();
+  await alice.waitForFunction(() => document.fonts.status === "loaded", null, { timeout: WAIT });
+  await alice.screenshot({ path: join(OUT, "desktop.png"), animations: "disabled" });
+  console.log(`screenshots written to ${OUT}`);
+} finally {
+  await browser.close();
+  await server.stop();
+  removeDir(server.dir);
+}
