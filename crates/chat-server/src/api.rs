@@ -51,8 +51,9 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ServerError> {
-    let store = state.store.clone();
-    state.on_core(async move { store.ping().await }).await??;
+    state
+        .store_call(|store| async move { store.ping().await })
+        .await?;
     Ok(HttpResponse::Ok().content_type("text/plain").body("ready"))
 }
 
@@ -74,10 +75,9 @@ async fn create_room(
             code: "invalid_members",
             message: "members must be two distinct users".into(),
         })?;
-    let store = state.store.clone();
     let opened = state
-        .on_core(async move { store.open_room(&members, now()).await })
-        .await??;
+        .store_call(|store| async move { store.open_room(&members, now()).await })
+        .await?;
     if opened.created {
         tracing::info!(room = %opened.room.id, "room opened");
     }
@@ -94,10 +94,9 @@ async fn close_room(
 ) -> Result<HttpResponse, ServerError> {
     require_service_key(&req, &state)?;
     let room_id = RoomId::new(path.into_inner()).map_err(|_| ServerError::UnknownRoom)?;
-    let store = state.store.clone();
     let room = state
-        .on_core(async move { store.close_room(&room_id, now()).await })
-        .await??;
+        .store_call(|store| async move { store.close_room(&room_id, now()).await })
+        .await?;
     tracing::info!(room = %room.id, "room closed");
     Ok(HttpResponse::NoContent().finish())
 }

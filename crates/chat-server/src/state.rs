@@ -40,6 +40,20 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Calls the store on the core runtime: `state.store_call(|store| async move { store.x().await })`.
+    pub async fn store_call<F, Fut, T>(&self, call: F) -> Result<T, crate::error::ServerError>
+    where
+        F: FnOnce(Arc<dyn Repository>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, chat_store::StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.on_core(call(self.store.clone()))
+            .await?
+            .map_err(Into::into)
+    }
+}
+
 pub fn now() -> chat_domain::Timestamp {
     chat_domain::Timestamp::from_datetime(time::OffsetDateTime::now_utc())
 }

@@ -787,10 +787,7 @@ both_backends!(
             close.is_some(),
             "a close frame with code 1001 (idle_timeout) was sent"
         );
-        assert!(
-            received.contains(&0x89),
-            "pings were sent before giving up"
-        );
+        assert!(received.contains(&0x89), "pings were sent before giving up");
     }
 );
 

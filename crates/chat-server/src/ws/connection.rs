@@ -91,21 +91,15 @@ pub async fn run(state: Arc<AppState>, mut session: Session, mut stream: Aggrega
             return;
         }
     };
-    let store = state.store.clone();
     let rooms_user = user.clone();
     let rooms = match state
-        .on_core(async move { store.rooms_of(&rooms_user).await })
+        .store_call(|store| async move { store.rooms_of(&rooms_user).await })
         .await
     {
-        Ok(Ok(rooms)) => rooms,
-        Ok(Err(error)) => {
-            let error = ServerError::from(error);
+        Ok(rooms) => rooms,
+        Err(error) => {
             let frame = ServerFrame::error(error.wire_code(), error.to_string(), None);
             let _ = session.text(frame.to_json()).await;
-            finish(session, Closing::new(1011, "internal")).await;
-            return;
-        }
-        Err(_) => {
             finish(session, Closing::new(1011, "internal")).await;
             return;
         }
@@ -415,16 +409,13 @@ impl Connection {
         let state = self.state.clone();
         let user = self.user.clone();
         self.pending.push(Box::pin(async move {
-            let store = state.store.clone();
             let room = room_id.clone();
-            let result = match state
-                .on_core(async move { store.mark_seen(&room, &user, up_to, now()).await })
+            let result = state
+                .store_call(
+                    |store| async move { store.mark_seen(&room, &user, up_to, now()).await },
+                )
                 .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(error)) => Err(ServerError::from(error)),
-                Err(error) => Err(error),
-            };
+                .map(|_| ());
             Done::Seen {
                 room: room_id,
                 result,
@@ -436,15 +427,10 @@ impl Connection {
         let state = self.state.clone();
         let user = self.user.clone();
         self.pending.push(Box::pin(async move {
-            let store = state.store.clone();
             let room = room_id.clone();
-            let result = match state
-                .on_core(async move { store.history(&room, &user, page).await })
-                .await
-            {
-                Ok(result) => result.map_err(ServerError::from),
-                Err(error) => Err(error),
-            };
+            let result = state
+                .store_call(|store| async move { store.history(&room, &user, page).await })
+                .await;
             Done::History {
                 room: room_id,
                 result,
