@@ -368,10 +368,19 @@ fn append_batch(
             .values(chunk)
             .execute(c)?;
     }
-    for (id, last_seq) in &plan.room_updates {
-        diesel::update(rooms::table.find(id))
-            .set(rooms::last_seq.eq(last_seq))
-            .execute(c)?;
+    // Every touched room's last_seq in one statement per chunk (UPDATE ... FROM, SQLite 3.33+).
+    for chunk in plan.room_updates.chunks(DEDUPE_CHUNK) {
+        let pairs = vec!["(?, ?)"; chunk.len()].join(", ");
+        let mut query = diesel::sql_query(format!(
+            "UPDATE rooms SET last_seq = v.column2 FROM (VALUES {pairs}) AS v WHERE rooms.id = v.column1"
+        ))
+        .into_boxed::<diesel::sqlite::Sqlite>();
+        for (id, last_seq) in chunk {
+            query = query
+                .bind::<diesel::sql_types::Text, _>(id.as_str())
+                .bind::<diesel::sql_types::BigInt, _>(*last_seq);
+        }
+        query.execute(c)?;
     }
     Ok((plan.results, plan.events))
 }
