@@ -45,7 +45,7 @@ use crate::support::{TxError, connection_error, db_error, detached, pool_error};
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 
 /// Rows per multi-row INSERT (6 binds each, far below SQLite's 32 766 variables).
-const INSERT_CHUNK: usize = 1_000;
+const INSERT_CHUNK: usize = 500;
 /// Ids per `IN (...)` list.
 const IN_CHUNK: usize = 10_000;
 /// Keys per de-duplication lookup: three parameters each, well under SQLite's limit.
@@ -363,10 +363,24 @@ fn append_batch(
         stored.extend(query.load::<MessageRow>(c)?);
     }
     let plan = plan_batch(batch, locked, stored, now)?;
+    // Multi-row INSERTs written out: diesel's SQLite batch insert falls back to one INSERT
+    // per row for derived `Insertable` structs, which profiled as the writer's largest cost.
     for chunk in plan.inserts.chunks(INSERT_CHUNK) {
-        diesel::insert_into(messages::table)
-            .values(chunk)
-            .execute(c)?;
+        let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let mut query = diesel::sql_query(format!(
+            "INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) VALUES {rows}"
+        ))
+        .into_boxed::<diesel::sqlite::Sqlite>();
+        for row in chunk {
+            query = query
+                .bind::<diesel::sql_types::Text, _>(row.room_id.as_str())
+                .bind::<diesel::sql_types::BigInt, _>(row.seq)
+                .bind::<diesel::sql_types::Text, _>(row.sender_id.as_str())
+                .bind::<diesel::sql_types::Text, _>(row.client_msg_id.as_str())
+                .bind::<diesel::sql_types::Text, _>(row.body.as_str())
+                .bind::<diesel::sql_types::BigInt, _>(row.sent_at);
+        }
+        query.execute(c)?;
     }
     // Every touched room's last_seq in one statement per chunk (UPDATE ... FROM, SQLite 3.33+).
     for chunk in plan.room_updates.chunks(DEDUPE_CHUNK) {
