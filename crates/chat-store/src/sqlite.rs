@@ -85,10 +85,13 @@ impl std::fmt::Debug for SqliteStore {
 /// trigger could abort it half-way) in memory instead of a temporary file: a profile of the
 /// group-commit path showed those file writes as its largest single cost. `cache_size` (in
 /// KiB when negative) keeps the hot B-tree pages of a busy database in memory.
+/// `wal_autocheckpoint` is raised (16,384 pages, 64 MiB) because checkpoints normally run on
+/// a background task ([`spawn_checkpointer`]), off the writer's commit path; the writer only
+/// checkpoints itself if that task falls far behind.
 fn connection_pragmas(busy_timeout: Duration) -> String {
     let busy_ms = busy_timeout.as_millis().min(i32::MAX as u128);
     format!(
-        "PRAGMA busy_timeout = {busy_ms}; PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32768;"
+        "PRAGMA busy_timeout = {busy_ms}; PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = 16384;"
     )
 }
 
@@ -152,20 +155,43 @@ impl SqliteStore {
             .map_err(|e| StoreError::Config(format!("database pool: {e}")))?;
         drop(pool.get().await.map_err(pool_error)?);
         tracing::info!(backend = "sqlite", path = %path.display(), pool_size = config.pool_size, "store ready");
-        Ok(Self {
-            inner: Arc::new(Inner {
-                pool,
-                events: EventBus::new(config.event_capacity),
-                write_lock: Mutex::new(()),
-                path: path.clone(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            pool,
+            events: EventBus::new(config.event_capacity),
+            write_lock: Mutex::new(()),
+            path: path.clone(),
+        });
+        spawn_checkpointer(Arc::downgrade(&inner));
+        Ok(Self { inner })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
+}
+
+/// How often the background task copies committed WAL frames into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Checkpoints the WAL from a pooled connection every [`CHECKPOINT_EVERY`], so the writer's
+/// commits do not pay for it (a profile of the group-commit path had the checkpoint at 14 %).
+/// `PASSIVE` never waits for readers or the writer. The task ends with the store.
+fn spawn_checkpointer(store: std::sync::Weak<Inner>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = store.upgrade() else { break };
+            let result = inner
+                .read(|c| Ok(c.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?))
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "background WAL checkpoint failed; the writer will checkpoint");
+            }
+        }
+    });
 }
 
 fn create_parent(path: &Path) -> Result<(), StoreError> {
