@@ -268,159 +268,88 @@ both_backends!(
         }
 
         let send = |id: &str, body: Value| json!({"type": "send", "room_id": room, "client_msg_id": id, "body": body});
-        expect_error(
-            &mut alice,
-            send("e1", json!("")),
-            "body_empty",
-            json!("e1"),
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            send("e2", json!("   \n ")),
-            "body_empty",
-            json!("e2"),
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            send("e3", json!("x".repeat(161))),
-            "body_too_long",
-            json!("e3"),
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            send("e4", json!("bad\rreturn")),
-            "body_invalid",
-            json!("e4"),
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            send("e5", json!(5)),
-            "invalid_frame",
-            json!("e5"),
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "send", "room_id": room, "body": "no id"}),
-            "invalid_frame",
-            Value::Null,
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "send", "room_id": room, "client_msg_id": "", "body": "x"}),
-            "invalid_frame",
-            json!(""),
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "dance"}),
-            "invalid_frame",
-            Value::Null,
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "history", "room_id": room, "before_seq": 5, "after_seq": 1}),
-            "invalid_frame",
-            Value::Null,
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "seen", "room_id": room, "up_to_seq": 0}),
-            "invalid_frame",
-            Value::Null,
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "auth", "token": "again"}),
-            "invalid_frame",
-            Value::Null,
-            &room,
-        )
-        .await;
+        let unknown = "00000000-0000-0000-0000-000000000000";
+        // (frame, expected code, expected ref); after each, the connection must still serve.
+        let cases: Vec<(Value, &str, Value)> = vec![
+            (send("e1", json!("")), "body_empty", json!("e1")),
+            (send("e2", json!("   \n ")), "body_empty", json!("e2")),
+            (
+                send("e3", json!("x".repeat(161))),
+                "body_too_long",
+                json!("e3"),
+            ),
+            (
+                send("e4", json!("bad\rreturn")),
+                "body_invalid",
+                json!("e4"),
+            ),
+            (send("e5", json!(5)), "invalid_frame", json!("e5")),
+            (
+                json!({"type": "send", "room_id": room, "body": "no id"}),
+                "invalid_frame",
+                Value::Null,
+            ),
+            (
+                json!({"type": "send", "room_id": room, "client_msg_id": "", "body": "x"}),
+                "invalid_frame",
+                json!(""),
+            ),
+            (json!({"type": "dance"}), "invalid_frame", Value::Null),
+            (
+                json!({"type": "history", "room_id": room, "before_seq": 5, "after_seq": 1}),
+                "invalid_frame",
+                Value::Null,
+            ),
+            (
+                json!({"type": "seen", "room_id": room, "up_to_seq": 0}),
+                "invalid_frame",
+                Value::Null,
+            ),
+            (
+                json!({"type": "auth", "token": "again"}),
+                "invalid_frame",
+                Value::Null,
+            ),
+            (
+                json!({"type": "send", "room_id": unknown, "client_msg_id": "u1", "body": "hi"}),
+                "unknown_room",
+                json!("u1"),
+            ),
+            (
+                json!({"type": "history", "room_id": unknown}),
+                "unknown_room",
+                Value::Null,
+            ),
+            (
+                json!({"type": "seen", "room_id": unknown, "up_to_seq": 1}),
+                "unknown_room",
+                Value::Null,
+            ),
+            // Not a member: alice can neither send to, read nor mark seen in bob and carol's room.
+            (
+                json!({"type": "send", "room_id": other_room, "client_msg_id": "n1", "body": "hi"}),
+                "not_a_member",
+                json!("n1"),
+            ),
+            (
+                json!({"type": "history", "room_id": other_room}),
+                "not_a_member",
+                Value::Null,
+            ),
+            (
+                json!({"type": "seen", "room_id": other_room, "up_to_seq": 1}),
+                "not_a_member",
+                Value::Null,
+            ),
+        ];
+        for (frame, code, reference) in cases {
+            expect_error(&mut alice, frame, code, reference, &room).await;
+        }
         alice.send_raw(WsMessage::text("{not json")).await;
         assert_eq!(alice.recv_type("error").await["code"], "invalid_frame");
         alice.send_raw(WsMessage::binary(vec![1u8, 2, 3])).await;
         assert_eq!(alice.recv_type("error").await["code"], "invalid_frame");
         alice.assert_alive(&room).await;
-
-        let unknown = "00000000-0000-0000-0000-000000000000";
-        expect_error(
-            &mut alice,
-            send("u1", json!("hi"))
-                .as_object()
-                .map(|o| {
-                    let mut o = o.clone();
-                    o.insert("room_id".into(), json!(unknown));
-                    Value::Object(o)
-                })
-                .unwrap(),
-            "unknown_room",
-            json!("u1"),
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "history", "room_id": unknown}),
-            "unknown_room",
-            Value::Null,
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "seen", "room_id": unknown, "up_to_seq": 1}),
-            "unknown_room",
-            Value::Null,
-            &room,
-        )
-        .await;
-
-        // Not a member: alice can neither read, send to nor mark seen in bob and carol's room.
-        expect_error(
-            &mut alice,
-            json!({"type": "send", "room_id": other_room, "client_msg_id": "n1", "body": "hi"}),
-            "not_a_member",
-            json!("n1"),
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "history", "room_id": other_room}),
-            "not_a_member",
-            Value::Null,
-            &room,
-        )
-        .await;
-        expect_error(
-            &mut alice,
-            json!({"type": "seen", "room_id": other_room, "up_to_seq": 1}),
-            "not_a_member",
-            Value::Null,
-            &room,
-        )
-        .await;
-
         // Closed room (a second room, so the first stays usable).
         let closed_room = server.room("alice", "dave");
         assert_eq!(
