@@ -79,10 +79,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         Backend::Sqlite { .. } => 1,
     });
     let open_config = store_config.clone();
-    let store = core
-        .spawn(async move { chat_store::open(&open_config).await })
-        .await
-        .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??;
+    let store = on_core(&core, async move { chat_store::open(&open_config).await }).await?;
 
     let demo_users = if config.demo {
         tracing::warn!(
@@ -100,9 +97,11 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
             let members =
                 Members::new(a.clone(), b.clone()).map_err(chat_store::StoreError::Rule)?;
             let demo_store = store.clone();
-            core.spawn(async move { demo_store.open_room(&members, now()).await })
-                .await
-                .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??;
+            on_core(
+                &core,
+                async move { demo_store.open_room(&members, now()).await },
+            )
+            .await?;
         }
         Some(users)
     } else {
@@ -191,6 +190,18 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     registry_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs a store call on the core runtime during start-up (before `AppState` exists).
+async fn on_core<T: Send + 'static>(
+    core: &tokio::runtime::Handle,
+    call: impl std::future::Future<Output = Result<T, chat_store::StoreError>> + Send + 'static,
+) -> Result<T, StartError> {
+    let joined = core
+        .spawn(call)
+        .await
+        .map_err(|e| StartError::Runtime(std::io::Error::other(e)))?;
+    Ok(joined?)
 }
 
 async fn wait_for_signal() {

@@ -21,6 +21,7 @@ pub mod testing;
 
 mod append;
 mod models;
+mod page;
 mod schema;
 mod support;
 

@@ -36,6 +36,7 @@ use crate::config::{Backend, StoreConfig};
 use crate::error::StoreError;
 use crate::events::{EventBus, StoreEvent};
 use crate::models::{MessageRow, RoomRow};
+use crate::page::PageBounds;
 use crate::postgres::{migration_error, seen_outcome};
 use crate::repository::{Appended, Repository, RoomOpened};
 use crate::schema::{messages, rooms};
@@ -434,36 +435,29 @@ fn history(
     find_room(c, room.as_str())?
         .to_room()?
         .ensure_member(reader)?;
-    let limit = i64::from(chat_domain::history::clamp_history_limit(Some(
-        page.limit(),
-    )));
-    let base = messages::table
+    let Some(bounds) = PageBounds::of(page) else {
+        return Ok(Vec::new());
+    };
+    let mut query = messages::table
         .filter(messages::room_id.eq(room.as_str()))
         .select(MessageRow::as_select())
-        .limit(limit);
-    let rows: Vec<MessageRow> = match page {
-        HistoryPage::Latest { .. } => {
-            let mut rows: Vec<MessageRow> = base.order(messages::seq.desc()).load(c)?;
-            rows.reverse();
-            rows
-        }
-        HistoryPage::Before { before, .. } => {
-            let mut rows: Vec<MessageRow> = base
-                .filter(messages::seq.lt(i64::from(before)))
-                .order(messages::seq.desc())
-                .load(c)?;
-            rows.reverse();
-            rows
-        }
-        HistoryPage::After { after, .. } => {
-            let Ok(after) = i64::try_from(after) else {
-                return Ok(Vec::new());
-            };
-            base.filter(messages::seq.gt(after))
-                .order(messages::seq.asc())
-                .load(c)?
-        }
+        .limit(bounds.limit)
+        .into_boxed();
+    if let Some(after) = bounds.after {
+        query = query.filter(messages::seq.gt(after));
+    }
+    if let Some(before) = bounds.before {
+        query = query.filter(messages::seq.lt(before));
+    }
+    query = if bounds.newest_first {
+        query.order(messages::seq.desc())
+    } else {
+        query.order(messages::seq.asc())
     };
+    let mut rows: Vec<MessageRow> = query.load(c)?;
+    if bounds.newest_first {
+        rows.reverse();
+    }
     Ok(rows
         .iter()
         .map(MessageRow::to_message)
