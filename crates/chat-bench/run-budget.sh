@@ -37,7 +37,7 @@ CONNS=${CONNS:-19000}
 IDLE_SECS=${IDLE_SECS:-30}
 SERVER=${CHAT_SERVER_BIN:-$ROOT/target/release/chat-server}
 BENCH=${CHAT_BENCH_BIN:-$ROOT/target/release/chat-bench}
-KEY=bench-service-key
+KEY=bench-service-key-0123456789abcdef0123
 mkdir -p "$OUT"
 for bin in "$SERVER" "$BENCH"; do
     [[ -x $bin ]] || { echo "missing $bin: cargo build --release -p chat-server -p chat-bench" >&2; exit 2; }
@@ -80,7 +80,7 @@ start_server() {
     fi
     mkdir -p "$WORK/$name"
     env CHAT_BIND=127.0.0.1:0 DATABASE_URL="$db" CHAT_SERVICE_KEY=$KEY \
-        CHAT_JWT_SECRET=0123456789abcdef0123456789 CHAT_RATE_PER_SEC=1000000 CHAT_RATE_BURST=1000000 \
+        CHAT_JWT_SECRET=0123456789abcdef0123456789abcdef-jwt CHAT_RATE_PER_SEC=1000000 CHAT_RATE_BURST=1000000 \
         CHAT_MAX_CONNECTIONS_PER_USER=100000 RUST_LOG=${RUST_LOG:-warn} "$@" \
         "$SERVER" >"$WORK/$name/stdout" 2>"$OUT/$BACKEND-$name.server.log" &
     SERVER_PID=$!

@@ -260,7 +260,7 @@ test("a hidden tab does not mark messages seen; showing it again does", async (t
 
 test("killing and restarting the server mid-conversation loses and duplicates nothing", async (t) => {
   // A fixed secret, as in production: tokens stay valid across the restart.
-  const server = await serverFor(t, { CHAT_JWT_SECRET: "e2e-secret-0123456789abcdef", CHAT_RATE_PER_SEC: "100", CHAT_RATE_BURST: "100" });
+  const server = await serverFor(t, { CHAT_JWT_SECRET: "e2e-secret-0123456789abcdef0123456789", CHAT_RATE_PER_SEC: "100", CHAT_RATE_BURST: "100" });
   const aliceCtx = await contextFor(t);
   // Alice's socket goes through a relay that can drop the server's copy of one message: that
   // message is stored but Alice never hears so, the case a crash right after a commit makes.
@@ -459,7 +459,7 @@ test("a refused message shows the reason and can be retried or discarded", async
 });
 
 test("rooms: unread counts, a closed room disables the composer, room_opened adds a room live", async (t) => {
-  const server = await serverFor(t, { CHAT_SERVICE_KEY: "e2e-service-key" });
+  const server = await serverFor(t, { CHAT_SERVICE_KEY: "e2e-service-key-0123456789abcdef0123" });
   const alice = await openAs(browser, server.url, "alice", { context: await contextFor(t) });
   const bob = await openAs(browser, server.url, "bob", { context: await contextFor(t, { viewport: PHONE }) });
   const bobRoom = bob.locator('[data-testid="room"]');

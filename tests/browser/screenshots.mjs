@@ -48,7 +48,7 @@ async function sendAs(browser, server, user, roomId, bodies) {
   await ctx.close();
 }
 
-const server = await startServer({ env: { CHAT_SERVICE_KEY: "screenshot-service-key" } });
+const server = await startServer({ env: { CHAT_SERVICE_KEY: "screenshot-service-key-0123456789abcdef" } });
 const browser = await launchBrowser();
 try {
   // Other matches of Alice's, so her list looks lived in.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const SERVICE_KEY: &str = "bench-test-service-key";
+const SERVICE_KEY: &str = "bench-test-service-key-0123456789abcdef";
 
 fn server_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("CHAT_SERVER_BIN") {
@@ -46,7 +46,7 @@ impl Server {
             .env("CHAT_BIND", "127.0.0.1:0")
             .env("DATABASE_URL", db)
             .env("CHAT_SERVICE_KEY", SERVICE_KEY)
-            .env("CHAT_JWT_SECRET", "0123456789abcdef0123456789")
+            .env("CHAT_JWT_SECRET", "0123456789abcdef0123456789abcdef-jwt")
             .env("CHAT_RATE_PER_SEC", "1000000")
             .env("CHAT_RATE_BURST", "1000000")
             .env("CHAT_MAX_CONNECTIONS_PER_USER", "100000")

@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SERVICE_KEY: &str = "test-service-key";
-pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef";
+pub const SERVICE_KEY: &str = "test-service-key-0123456789abcdef0123";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123";
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(15);
 
