@@ -177,10 +177,10 @@ mod tests {
 
     fn new_message(room: &str, sender: &str, cmid: &str) -> NewMessage {
         NewMessage {
-            room_id: RoomId::new(room).unwrap_or_else(|e| panic!("{e}")),
-            sender_id: UserId::new(sender).unwrap_or_else(|e| panic!("{e}")),
-            client_msg_id: ClientMsgId::new(cmid).unwrap_or_else(|e| panic!("{e}")),
-            body: Body::new("hi").unwrap_or_else(|e| panic!("{e}")),
+            room_id: RoomId::new(room).unwrap(),
+            sender_id: UserId::new(sender).unwrap(),
+            client_msg_id: ClientMsgId::new(cmid).unwrap(),
+            body: Body::new("hi").unwrap(),
         }
     }
 
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn plans_seqs_dedupes_and_rules_per_message() {
-        let now = Timestamp::from_unix_micros(10).unwrap_or_else(|e| panic!("{e}"));
+        let now = Timestamp::from_unix_micros(10).unwrap();
         let existing = vec![MessageRow {
             room_id: "r1".into(),
             seq: 4,
@@ -226,7 +226,7 @@ mod tests {
             existing,
             now,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let seqs: Vec<Option<u64>> = plan
             .results
             .iter()

@@ -20,9 +20,14 @@ pub mod sqlite;
 pub mod testing;
 
 mod append;
+mod db_run;
 mod models;
 mod page;
+mod queries;
+mod raw_sql;
 mod schema;
+mod statements;
+mod store_calls;
 mod support;
 
 use std::sync::Arc;

@@ -10,12 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_domain::{
-    HistoryPage, Members, Message, NewMessage, Room, RoomId, RoomSummary, SeenOutcome, Seq,
-    Timestamp, UserId,
-};
+use chat_domain::{Members, NewMessage, Timestamp};
 use deadpool::managed::{Hook, HookError};
-use diesel::dsl::{case_when, count};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Text};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -32,10 +28,14 @@ use crate::config::{Backend, StoreConfig};
 use crate::error::StoreError;
 use crate::events::{EventBus, StoreEvent};
 use crate::models::{MessageRow, RoomRow};
-use crate::page::PageBounds;
-use crate::repository::{Appended, Repository, RoomOpened};
+use crate::raw_sql::message_columns;
+use crate::repository::{Appended, RoomOpened};
 use crate::schema::{messages, rooms};
-use crate::support::{TxError, connection_error, db_error, detached, pool_error, redact_url};
+use crate::statements::{self, new_room_row, room_opened};
+use crate::store_calls::{StoreCalls, repository_via_calls};
+use crate::support::{
+    TxError, connection_error, db_error, migration_error, pool_error, redact_url,
+};
 
 /// The PostgreSQL migrations, compiled in.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
@@ -131,7 +131,7 @@ fn build_pool(url: &str, config: &StoreConfig) -> Result<PgPool, StoreError> {
 /// Runs pending migrations on one dedicated connection, under an advisory lock so several
 /// servers starting at once migrate one after the other. Diesel's migration harness is
 /// synchronous: it runs on the blocking pool through `AsyncConnectionWrapper`.
-async fn run_migrations(url: &str, connect_timeout: Duration) -> Result<(), StoreError> {
+pub(crate) async fn run_migrations(url: &str, connect_timeout: Duration) -> Result<(), StoreError> {
     let conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(url))
         .await
         .map_err(|_| {
@@ -160,16 +160,6 @@ async fn run_migrations(url: &str, connect_timeout: Duration) -> Result<(), Stor
         tracing::info!(backend = "postgres", migrations = ?applied, "applied migrations");
     }
     Ok(())
-}
-
-pub(crate) fn migration_error(e: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
-    match e.downcast::<diesel::result::Error>() {
-        Ok(e) => match db_error(*e) {
-            StoreError::Database(msg) => StoreError::Database(format!("migration failed: {msg}")),
-            other => other,
-        },
-        Err(e) => StoreError::Database(format!("migration failed: {e}")),
-    }
 }
 
 /// Keeps event publication in commit order per room.
@@ -217,9 +207,12 @@ impl OrderLocks {
 
 /// The dedupe lookup: the stored rows matching any `(room, sender, client_msg_id)` of a batch,
 /// in one statement (an index lookup per key).
-const FIND_STORED_SQL: &str = "SELECT m.room_id, m.seq, m.sender_id, m.client_msg_id, m.body, m.sent_at, m.seen_at \
-     FROM unnest($1::text[], $2::text[], $3::text[]) AS k(room_id, sender_id, client_msg_id) \
-     JOIN messages m ON m.room_id = k.room_id AND m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id";
+const FIND_STORED_SQL: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(k_room_id, k_sender_id, k_client_msg_id) \
+     JOIN messages ON room_id = k_room_id AND sender_id = k_sender_id AND client_msg_id = k_client_msg_id"
+);
 
 /// Every touched room's `last_seq`, in one statement.
 const UPDATE_LAST_SEQ_SQL: &str = "UPDATE rooms SET last_seq = u.last_seq \
@@ -228,6 +221,20 @@ const UPDATE_LAST_SEQ_SQL: &str = "UPDATE rooms SET last_seq = u.last_seq \
 impl Inner {
     async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Publishes what a committed transaction returned (still holding its order locks).
+    fn publish(&self, events: impl IntoIterator<Item = StoreEvent>) {
+        for event in events {
+            self.events.publish(event);
+        }
+    }
+}
+
+#[async_trait]
+impl StoreCalls for Inner {
+    fn events(&self) -> &EventBus {
+        &self.events
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -239,40 +246,15 @@ impl Inner {
         Ok(())
     }
 
-    async fn find_room(conn: &mut AsyncPgConnection, id: &str) -> Result<RoomRow, StoreError> {
-        rooms::table
-            .find(id)
-            .select(RoomRow::as_select())
-            .first(conn)
-            .await
-            .optional()
-            .map_err(db_error)?
-            .ok_or(StoreError::UnknownRoom)
-    }
-
     async fn open_room(&self, members: Members, now: Timestamp) -> Result<RoomOpened, StoreError> {
         let mut conn = self.conn().await?;
-        let (a, b) = (Members::first(&members).as_str(), members.second().as_str());
         // Another call may create the pair's room between our read and our insert: the insert
         // then does nothing (the one-open-room-per-pair index) and the re-read finds that room.
         for _ in 0..3 {
-            let open: Option<RoomRow> = rooms::table
-                .filter(rooms::member_a.eq(a))
-                .filter(rooms::member_b.eq(b))
-                .filter(rooms::closed_at.is_null())
-                .select(RoomRow::as_select())
-                .first(&mut conn)
-                .await
-                .optional()
-                .map_err(db_error)?;
-            if let Some(row) = open {
-                return Ok(RoomOpened {
-                    room: row.to_room()?,
-                    created: false,
-                });
+            if let Some(row) = statements::pg::find_open_room(&mut conn, &members).await? {
+                return Ok(room_opened(&row, false)?.0);
             }
-            let row =
-                RoomRow::new_open(uuid::Uuid::new_v4().hyphenated().to_string(), &members, now);
+            let row = new_room_row(&members, now);
             let inserted = diesel::insert_into(rooms::table)
                 .values(&row)
                 .on_conflict_do_nothing()
@@ -280,13 +262,9 @@ impl Inner {
                 .await
                 .map_err(db_error)?;
             if inserted == 1 {
-                let room = row.to_room()?;
-                self.events
-                    .publish(StoreEvent::RoomOpened { room: room.clone() });
-                return Ok(RoomOpened {
-                    room,
-                    created: true,
-                });
+                let (opened, event) = room_opened(&row, true)?;
+                self.publish(event);
+                return Ok(opened);
             }
         }
         Err(StoreError::Database(
@@ -294,90 +272,11 @@ impl Inner {
         ))
     }
 
-    async fn room(&self, id: RoomId) -> Result<Room, StoreError> {
-        let mut conn = self.conn().await?;
-        Self::find_room(&mut conn, id.as_str()).await?.to_room()
-    }
-
-    async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomSummary>, StoreError> {
-        let mut conn = self.conn().await?;
-        let u = user.as_str();
-        let rows: Vec<(RoomRow, i64)> = rooms::table
-            .left_join(
-                messages::table.on(messages::room_id
-                    .eq(rooms::id)
-                    .and(messages::seen_at.is_null())
-                    .and(messages::sender_id.ne(u))),
-            )
-            .filter(rooms::member_a.eq(u).or(rooms::member_b.eq(u)))
-            .group_by(rooms::id)
-            .select((RoomRow::as_select(), count(messages::seq.nullable())))
-            .order((rooms::created_at.desc(), rooms::id.desc()))
-            .load(&mut conn)
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|(row, unread)| row.summary(&user, *unread))
-            .collect()
-    }
-
-    async fn room_summary(&self, id: RoomId, user: UserId) -> Result<RoomSummary, StoreError> {
-        let mut conn = self.conn().await?;
-        let row = Self::find_room(&mut conn, id.as_str()).await?;
-        row.to_room()?.ensure_member(&user)?;
-        let unread: i64 = messages::table
-            .filter(messages::room_id.eq(id.as_str()))
-            .filter(messages::seen_at.is_null())
-            .filter(messages::sender_id.ne(user.as_str()))
-            .count()
-            .get_result(&mut conn)
-            .await
-            .map_err(db_error)?;
-        row.summary(&user, unread)
-    }
-
-    async fn close_room(&self, id: RoomId, now: Timestamp) -> Result<Room, StoreError> {
-        let mut conn = self.conn().await?;
-        let order = &self.order;
-        let closed = conn
-            .transaction(async |conn| {
-                let row: Option<RoomRow> = diesel::update(
-                    rooms::table
-                        .find(id.as_str())
-                        .filter(rooms::closed_at.is_null()),
-                )
-                .set(rooms::closed_at.eq(now.unix_micros()))
-                .returning(RoomRow::as_returning())
-                .get_result(conn)
-                .await
-                .optional()?;
-                let guards = match &row {
-                    Some(_) => order.lock([id.as_str()]).await,
-                    None => Vec::new(),
-                };
-                Ok::<_, TxError>((row, guards))
-            })
-            .await?;
-        match closed {
-            (Some(row), _guards) => {
-                let room = row.to_room()?;
-                self.events
-                    .publish(StoreEvent::RoomClosed { room: room.clone() });
-                Ok(room)
-            }
-            // Closed already (no second event), or no such room.
-            (None, _) => Self::find_room(&mut conn, id.as_str()).await?.to_room(),
-        }
-    }
-
     async fn append_batch(
         &self,
         batch: Vec<NewMessage>,
         now: Timestamp,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
         let room_ids = sorted_room_ids(&batch);
         let mut conn = self.conn().await?;
         let order = &self.order;
@@ -440,206 +339,39 @@ impl Inner {
             })
             .await?;
         // Committed: now, and only now, tell the world (still holding the order locks).
-        for event in plan.events {
-            self.events.publish(event);
-        }
+        self.publish(plan.events);
         Ok(plan.results)
     }
+}
 
-    async fn history(
-        &self,
-        room: RoomId,
-        reader: UserId,
-        page: HistoryPage,
-    ) -> Result<Vec<Message>, StoreError> {
-        let mut conn = self.conn().await?;
-        Self::find_room(&mut conn, room.as_str())
-            .await?
-            .to_room()?
-            .ensure_member(&reader)?;
-        let Some(bounds) = PageBounds::of(page) else {
-            return Ok(Vec::new());
-        };
-        let mut query = messages::table
-            .filter(messages::room_id.eq(room.as_str()))
-            .select(MessageRow::as_select())
-            .limit(bounds.limit)
-            .into_boxed();
-        if let Some(after) = bounds.after {
-            query = query.filter(messages::seq.gt(after));
-        }
-        if let Some(before) = bounds.before {
-            query = query.filter(messages::seq.lt(before));
-        }
-        query = if bounds.newest_first {
-            query.order(messages::seq.desc())
-        } else {
-            query.order(messages::seq.asc())
-        };
-        let mut rows: Vec<MessageRow> = query.load(&mut conn).await.map_err(db_error)?;
-        if bounds.newest_first {
-            rows.reverse();
-        }
-        rows.iter().map(MessageRow::to_message).collect()
-    }
+/// Runs a shared read statement on a pooled connection.
+macro_rules! pg_read {
+    ($inner:expr, $statement:ident($($arg:expr),*)) => {{
+        let mut conn = $inner.conn().await?;
+        Ok(statements::pg::$statement(&mut conn, $($arg),*).await?)
+    }};
+}
 
-    async fn mark_seen(
-        &self,
-        room: RoomId,
-        reader: UserId,
-        up_to: Seq,
-        now: Timestamp,
-    ) -> Result<SeenOutcome, StoreError> {
-        let mut conn = self.conn().await?;
-        let order = &self.order;
-        let (outcome, members, _guards) = conn
+/// Runs a shared statement that writes to one room in a transaction. When it changed
+/// something, the room's order stripe is taken before COMMIT, while the row lock is still held
+/// ([`OrderLocks`]), and released only after the event is published.
+macro_rules! pg_write_room {
+    ($inner:expr, $room:expr, $statement:ident($($arg:expr),*)) => {{
+        let mut conn = $inner.conn().await?;
+        let order = &$inner.order;
+        let (value, event, _guards) = conn
             .transaction(async |conn| {
-                let row = Self::find_room(conn, room.as_str()).await?;
-                let room_value = row.to_room()?;
-                room_value.ensure_member(&reader)?;
-                let Some(last) = row.last_seq()? else {
-                    return Ok::<_, TxError>((
-                        SeenOutcome {
-                            up_to,
-                            marked: Vec::new(),
-                            seen_at: now,
-                        },
-                        None,
-                        Vec::new(),
-                    ));
+                let (value, event) = statements::pg::$statement(conn, $($arg),*).await?;
+                let guards = match &event {
+                    Some(_) => order.lock([$room]).await,
+                    None => Vec::new(),
                 };
-                let up_to = up_to.min(last);
-                let now_us = now.unix_micros();
-                let mut marked: Vec<(i64, Option<i64>)> = diesel::update(
-                    messages::table
-                        .filter(messages::room_id.eq(room.as_str()))
-                        .filter(messages::sender_id.ne(reader.as_str()))
-                        .filter(messages::seq.le(i64::from(up_to)))
-                        .filter(messages::seen_at.is_null()),
-                )
-                .set(
-                    messages::seen_at.eq(case_when(
-                        messages::sent_at.gt(now_us),
-                        messages::sent_at,
-                    )
-                    .otherwise(now_us)
-                    .nullable()),
-                )
-                .returning((messages::seq, messages::seen_at))
-                .get_results(conn)
-                .await?;
-                marked.sort_unstable();
-                let outcome = seen_outcome(up_to, now, &marked)?;
-                let guards = if outcome.changed() {
-                    order.lock([room.as_str()]).await
-                } else {
-                    Vec::new()
-                };
-                Ok((outcome, Some(room_value.members), guards))
+                Ok::<_, TxError>((value, event, guards))
             })
             .await?;
-        if let (true, Some(members)) = (outcome.changed(), members) {
-            self.events.publish(StoreEvent::SeenMarked {
-                room_id: room,
-                members,
-                reader,
-                up_to: outcome.up_to,
-                seen_at: outcome.seen_at,
-            });
-        }
-        Ok(outcome)
-    }
+        $inner.publish(event);
+        Ok(value)
+    }};
 }
 
-/// Builds the outcome of a watermark from the `(seq, seen_at)` rows it changed.
-pub(crate) fn seen_outcome(
-    up_to: Seq,
-    now: Timestamp,
-    marked: &[(i64, Option<i64>)],
-) -> Result<SeenOutcome, StoreError> {
-    let mut seen_at = now;
-    let mut seqs = Vec::with_capacity(marked.len());
-    for (seq, at) in marked {
-        seqs.push(
-            Seq::try_from(*seq)
-                .map_err(|e| StoreError::Corrupt(format!("messages.seq {seq}: {e}")))?,
-        );
-        if let Some(at) = at {
-            let at = Timestamp::from_unix_micros(*at)
-                .map_err(|e| StoreError::Corrupt(format!("messages.seen_at {at}: {e}")))?;
-            seen_at = seen_at.max(at);
-        }
-    }
-    Ok(SeenOutcome {
-        up_to,
-        marked: seqs,
-        seen_at,
-    })
-}
-
-#[async_trait]
-impl Repository for PgStore {
-    fn events(&self) -> &EventBus {
-        &self.inner.events
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        detached(async move { inner.ping().await }).await
-    }
-
-    async fn open_room(&self, members: &Members, now: Timestamp) -> Result<RoomOpened, StoreError> {
-        let (inner, members) = (self.inner.clone(), members.clone());
-        detached(async move { inner.open_room(members, now).await }).await
-    }
-
-    async fn room(&self, id: &RoomId) -> Result<Room, StoreError> {
-        let (inner, id) = (self.inner.clone(), id.clone());
-        detached(async move { inner.room(id).await }).await
-    }
-
-    async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomSummary>, StoreError> {
-        let (inner, user) = (self.inner.clone(), user.clone());
-        detached(async move { inner.rooms_of(user).await }).await
-    }
-
-    async fn room_summary(&self, id: &RoomId, user: &UserId) -> Result<RoomSummary, StoreError> {
-        let (inner, id, user) = (self.inner.clone(), id.clone(), user.clone());
-        detached(async move { inner.room_summary(id, user).await }).await
-    }
-
-    async fn close_room(&self, id: &RoomId, now: Timestamp) -> Result<Room, StoreError> {
-        let (inner, id) = (self.inner.clone(), id.clone());
-        detached(async move { inner.close_room(id, now).await }).await
-    }
-
-    async fn append_batch(
-        &self,
-        messages: Vec<NewMessage>,
-        now: Timestamp,
-    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
-        let inner = self.inner.clone();
-        detached(async move { inner.append_batch(messages, now).await }).await
-    }
-
-    async fn history(
-        &self,
-        room: &RoomId,
-        reader: &UserId,
-        page: HistoryPage,
-    ) -> Result<Vec<Message>, StoreError> {
-        let (inner, room, reader) = (self.inner.clone(), room.clone(), reader.clone());
-        detached(async move { inner.history(room, reader, page).await }).await
-    }
-
-    async fn mark_seen(
-        &self,
-        room: &RoomId,
-        reader: &UserId,
-        up_to: Seq,
-        now: Timestamp,
-    ) -> Result<SeenOutcome, StoreError> {
-        let (inner, room, reader) = (self.inner.clone(), room.clone(), reader.clone());
-        detached(async move { inner.mark_seen(room, reader, up_to, now).await }).await
-    }
-}
+repository_via_calls!(PgStore, read: pg_read, write_room: pg_write_room);

@@ -14,12 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_domain::{
-    HistoryPage, Members, Message, NewMessage, Room, RoomId, RoomSummary, SeenOutcome, Seq,
-    Timestamp, UserId,
-};
+use chat_domain::{Members, NewMessage, Timestamp};
 use diesel::connection::SimpleConnection;
-use diesel::dsl::{case_when, count};
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use diesel_async::AsyncConnection;
@@ -36,11 +32,12 @@ use crate::config::{Backend, StoreConfig};
 use crate::error::StoreError;
 use crate::events::{EventBus, StoreEvent};
 use crate::models::{MessageRow, RoomRow};
-use crate::page::PageBounds;
-use crate::postgres::{migration_error, seen_outcome};
-use crate::repository::{Appended, Repository, RoomOpened};
-use crate::schema::{messages, rooms};
-use crate::support::{TxError, connection_error, db_error, detached, pool_error};
+use crate::raw_sql::{message_columns, new_message_columns};
+use crate::repository::{Appended, RoomOpened};
+use crate::schema::rooms;
+use crate::statements::{self, new_room_row, room_opened};
+use crate::store_calls::{StoreCalls, repository_via_calls};
+use crate::support::{TxError, connection_error, db_error, migration_error, pool_error};
 
 /// The SQLite migrations, compiled in.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
@@ -228,10 +225,11 @@ impl Inner {
 
     /// Runs Diesel code in a `BEGIN IMMEDIATE` transaction, then publishes the events it
     /// returned (only if it committed, and before the next writer of this process starts).
-    async fn write<R, F>(&self, work: F) -> Result<R, StoreError>
+    async fn write<R, E, F>(&self, work: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&mut SqliteConnection) -> Result<(R, Vec<StoreEvent>), TxError> + Send + 'static,
+        E: IntoIterator<Item = StoreEvent> + Send + 'static,
+        F: FnOnce(&mut SqliteConnection) -> Result<(R, E), TxError> + Send + 'static,
     {
         let _writer = self.write_lock.lock().await;
         let mut conn = self.pool.get().await.map_err(pool_error)?;
@@ -247,108 +245,19 @@ impl Inner {
     }
 }
 
-fn find_room(c: &mut SqliteConnection, id: &str) -> Result<RoomRow, TxError> {
-    rooms::table
-        .find(id)
-        .select(RoomRow::as_select())
-        .first(c)
-        .optional()?
-        .ok_or(TxError::Store(StoreError::UnknownRoom))
-}
-
 fn open_room(
     c: &mut SqliteConnection,
-    members: Members,
+    members: &Members,
     now: Timestamp,
-) -> Result<(RoomOpened, Vec<StoreEvent>), TxError> {
-    let open: Option<RoomRow> = rooms::table
-        .filter(rooms::member_a.eq(Members::first(&members).as_str()))
-        .filter(rooms::member_b.eq(members.second().as_str()))
-        .filter(rooms::closed_at.is_null())
-        .select(RoomRow::as_select())
-        .first(c)
-        .optional()?;
-    if let Some(row) = open {
-        return Ok((
-            RoomOpened {
-                room: row.to_room()?,
-                created: false,
-            },
-            Vec::new(),
-        ));
+) -> Result<(RoomOpened, Option<StoreEvent>), TxError> {
+    if let Some(row) = statements::sqlite::find_open_room(c, members)? {
+        return Ok(room_opened(&row, false)?);
     }
     // The IMMEDIATE transaction holds the write lock: nobody can insert the pair's room
     // between the read above and this insert.
-    let row = RoomRow::new_open(uuid::Uuid::new_v4().hyphenated().to_string(), &members, now);
+    let row = new_room_row(members, now);
     diesel::insert_into(rooms::table).values(&row).execute(c)?;
-    let room = row.to_room()?;
-    Ok((
-        RoomOpened {
-            room: room.clone(),
-            created: true,
-        },
-        vec![StoreEvent::RoomOpened { room }],
-    ))
-}
-
-fn rooms_of(c: &mut SqliteConnection, user: &UserId) -> Result<Vec<RoomSummary>, TxError> {
-    let u = user.as_str();
-    let rows: Vec<(RoomRow, i64)> = rooms::table
-        .left_join(
-            messages::table.on(messages::room_id
-                .eq(rooms::id)
-                .and(messages::seen_at.is_null())
-                .and(messages::sender_id.ne(u))),
-        )
-        .filter(rooms::member_a.eq(u).or(rooms::member_b.eq(u)))
-        .group_by(rooms::id)
-        .select((RoomRow::as_select(), count(messages::seq.nullable())))
-        .order((rooms::created_at.desc(), rooms::id.desc()))
-        .load(c)?;
-    Ok(rows
-        .iter()
-        .map(|(row, unread)| row.summary(user, *unread))
-        .collect::<Result<_, _>>()?)
-}
-
-fn room_summary(
-    c: &mut SqliteConnection,
-    id: &RoomId,
-    user: &UserId,
-) -> Result<RoomSummary, TxError> {
-    let row = find_room(c, id.as_str())?;
-    row.to_room()?.ensure_member(user)?;
-    let unread: i64 = messages::table
-        .filter(messages::room_id.eq(id.as_str()))
-        .filter(messages::seen_at.is_null())
-        .filter(messages::sender_id.ne(user.as_str()))
-        .count()
-        .get_result(c)?;
-    Ok(row.summary(user, unread)?)
-}
-
-fn close_room(
-    c: &mut SqliteConnection,
-    id: &RoomId,
-    now: Timestamp,
-) -> Result<(Room, Vec<StoreEvent>), TxError> {
-    let closed: Option<RoomRow> = diesel::update(
-        rooms::table
-            .find(id.as_str())
-            .filter(rooms::closed_at.is_null()),
-    )
-    .set(rooms::closed_at.eq(now.unix_micros()))
-    .returning(RoomRow::as_returning())
-    .get_result(c)
-    .optional()?;
-    match closed {
-        Some(row) => {
-            let room = row.to_room()?;
-            Ok((room.clone(), vec![StoreEvent::RoomClosed { room }]))
-        }
-        // Closed already (no second event), or no such room.
-        None => Ok((find_room(c, id.as_str())?.to_room()?, Vec::new())),
-    }
+    Ok(room_opened(&row, true)?)
 }
 
 type BatchResults = Vec<Result<Appended, StoreError>>;
@@ -377,8 +286,12 @@ fn append_batch(
     for chunk in keys.chunks(DEDUPE_CHUNK) {
         let tuples = vec!["(?, ?, ?)"; chunk.len()].join(", ");
         let mut query = diesel::sql_query(format!(
-            "SELECT room_id, seq, sender_id, client_msg_id, body, sent_at, seen_at FROM messages \
-             WHERE (room_id, sender_id, client_msg_id) IN (VALUES {tuples})"
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE (room_id, sender_id, client_msg_id) IN (VALUES {})"
+            ),
+            tuples
         ))
         .into_boxed::<diesel::sqlite::Sqlite>();
         for (room_id, sender_id, client_msg_id) in chunk {
@@ -395,7 +308,12 @@ fn append_batch(
     for chunk in plan.inserts.chunks(INSERT_CHUNK) {
         let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
         let mut query = diesel::sql_query(format!(
-            "INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) VALUES {rows}"
+            concat!(
+                "INSERT INTO messages (",
+                new_message_columns!(),
+                ") VALUES {}"
+            ),
+            rows
         ))
         .into_boxed::<diesel::sqlite::Sqlite>();
         for row in chunk {
@@ -426,183 +344,50 @@ fn append_batch(
     Ok((plan.results, plan.events))
 }
 
-fn history(
-    c: &mut SqliteConnection,
-    room: &RoomId,
-    reader: &UserId,
-    page: HistoryPage,
-) -> Result<Vec<Message>, TxError> {
-    find_room(c, room.as_str())?
-        .to_room()?
-        .ensure_member(reader)?;
-    let Some(bounds) = PageBounds::of(page) else {
-        return Ok(Vec::new());
-    };
-    let mut query = messages::table
-        .filter(messages::room_id.eq(room.as_str()))
-        .select(MessageRow::as_select())
-        .limit(bounds.limit)
-        .into_boxed();
-    if let Some(after) = bounds.after {
-        query = query.filter(messages::seq.gt(after));
-    }
-    if let Some(before) = bounds.before {
-        query = query.filter(messages::seq.lt(before));
-    }
-    query = if bounds.newest_first {
-        query.order(messages::seq.desc())
-    } else {
-        query.order(messages::seq.asc())
-    };
-    let mut rows: Vec<MessageRow> = query.load(c)?;
-    if bounds.newest_first {
-        rows.reverse();
-    }
-    Ok(rows
-        .iter()
-        .map(MessageRow::to_message)
-        .collect::<Result<_, _>>()?)
-}
-
-fn mark_seen(
-    c: &mut SqliteConnection,
-    room: RoomId,
-    reader: UserId,
-    up_to: Seq,
-    now: Timestamp,
-) -> Result<(SeenOutcome, Vec<StoreEvent>), TxError> {
-    let row = find_room(c, room.as_str())?;
-    let room_value = row.to_room()?;
-    room_value.ensure_member(&reader)?;
-    let Some(last) = row.last_seq()? else {
-        return Ok((
-            SeenOutcome {
-                up_to,
-                marked: Vec::new(),
-                seen_at: now,
-            },
-            Vec::new(),
-        ));
-    };
-    let up_to = up_to.min(last);
-    let now_us = now.unix_micros();
-    let mut marked: Vec<(i64, Option<i64>)> = diesel::update(
-        messages::table
-            .filter(messages::room_id.eq(room.as_str()))
-            .filter(messages::sender_id.ne(reader.as_str()))
-            .filter(messages::seq.le(i64::from(up_to)))
-            .filter(messages::seen_at.is_null()),
-    )
-    .set(
-        messages::seen_at.eq(case_when(messages::sent_at.gt(now_us), messages::sent_at)
-            .otherwise(now_us)
-            .nullable()),
-    )
-    .returning((messages::seq, messages::seen_at))
-    .get_results(c)?;
-    marked.sort_unstable();
-    let outcome = seen_outcome(up_to, now, &marked)?;
-    let events = if outcome.changed() {
-        vec![StoreEvent::SeenMarked {
-            room_id: room,
-            members: room_value.members,
-            reader,
-            up_to: outcome.up_to,
-            seen_at: outcome.seen_at,
-        }]
-    } else {
-        Vec::new()
-    };
-    Ok((outcome, events))
-}
-
 #[async_trait]
-impl Repository for SqliteStore {
+impl StoreCalls for Inner {
     fn events(&self) -> &EventBus {
-        &self.inner.events
+        &self.events
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        detached(async move {
-            inner
-                .read(|c| {
-                    diesel::sql_query("SELECT 1").execute(c)?;
-                    Ok(())
-                })
-                .await
+        self.read(|c| {
+            diesel::sql_query("SELECT 1").execute(c)?;
+            Ok(())
         })
         .await
     }
 
-    async fn open_room(&self, members: &Members, now: Timestamp) -> Result<RoomOpened, StoreError> {
-        let (inner, members) = (self.inner.clone(), members.clone());
-        detached(async move { inner.write(move |c| open_room(c, members, now)).await }).await
-    }
-
-    async fn room(&self, id: &RoomId) -> Result<Room, StoreError> {
-        let (inner, id) = (self.inner.clone(), id.clone());
-        detached(async move {
-            inner
-                .read(move |c| Ok(find_room(c, id.as_str())?.to_room()?))
-                .await
-        })
-        .await
-    }
-
-    async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomSummary>, StoreError> {
-        let (inner, user) = (self.inner.clone(), user.clone());
-        detached(async move { inner.read(move |c| rooms_of(c, &user)).await }).await
-    }
-
-    async fn room_summary(&self, id: &RoomId, user: &UserId) -> Result<RoomSummary, StoreError> {
-        let (inner, id, user) = (self.inner.clone(), id.clone(), user.clone());
-        detached(async move { inner.read(move |c| room_summary(c, &id, &user)).await }).await
-    }
-
-    async fn close_room(&self, id: &RoomId, now: Timestamp) -> Result<Room, StoreError> {
-        let (inner, id) = (self.inner.clone(), id.clone());
-        detached(async move { inner.write(move |c| close_room(c, &id, now)).await }).await
+    async fn open_room(&self, members: Members, now: Timestamp) -> Result<RoomOpened, StoreError> {
+        self.write(move |c| open_room(c, &members, now)).await
     }
 
     async fn append_batch(
         &self,
-        messages: Vec<NewMessage>,
+        batch: Vec<NewMessage>,
         now: Timestamp,
     ) -> Result<BatchResults, StoreError> {
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inner = self.inner.clone();
-        detached(async move { inner.write(move |c| append_batch(c, messages, now)).await }).await
-    }
-
-    async fn history(
-        &self,
-        room: &RoomId,
-        reader: &UserId,
-        page: HistoryPage,
-    ) -> Result<Vec<Message>, StoreError> {
-        let (inner, room, reader) = (self.inner.clone(), room.clone(), reader.clone());
-        detached(async move { inner.read(move |c| history(c, &room, &reader, page)).await }).await
-    }
-
-    async fn mark_seen(
-        &self,
-        room: &RoomId,
-        reader: &UserId,
-        up_to: Seq,
-        now: Timestamp,
-    ) -> Result<SeenOutcome, StoreError> {
-        let (inner, room, reader) = (self.inner.clone(), room.clone(), reader.clone());
-        detached(async move {
-            inner
-                .write(move |c| mark_seen(c, room, reader, up_to, now))
-                .await
-        })
-        .await
+        self.write(move |c| append_batch(c, batch, now)).await
     }
 }
+
+/// Runs a shared read statement on a pooled connection, in parallel with the writer (WAL).
+macro_rules! sqlite_read {
+    ($inner:expr, $statement:ident($($arg:expr),*)) => {
+        $inner.read(move |c| statements::sqlite::$statement(c, $($arg),*)).await
+    };
+}
+
+/// Runs a shared statement that writes to one room as this process's one writer, in a
+/// `BEGIN IMMEDIATE` transaction (which already serialises every write: the room id is not
+/// needed), publishing its event before the next writer starts.
+macro_rules! sqlite_write_room {
+    ($inner:expr, $room:expr, $statement:ident($($arg:expr),*)) => {
+        $inner.write(move |c| statements::sqlite::$statement(c, $($arg),*)).await
+    };
+}
+
+repository_via_calls!(SqliteStore, read: sqlite_read, write_room: sqlite_write_room);
 
 #[cfg(test)]
 mod tests {

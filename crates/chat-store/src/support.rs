@@ -92,6 +92,18 @@ pub(crate) fn db_error(e: DieselError) -> StoreError {
     }
 }
 
+/// Classifies a failed migration run (either backend): a database error keeps its class
+/// (`Unavailable` stays retryable), anything else is `Database`.
+pub(crate) fn migration_error(e: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
+    match e.downcast::<DieselError>() {
+        Ok(e) => match db_error(*e) {
+            StoreError::Database(msg) => StoreError::Database(format!("migration failed: {msg}")),
+            other => other,
+        },
+        Err(e) => StoreError::Database(format!("migration failed: {e}")),
+    }
+}
+
 /// Classifies a failure to open a connection.
 pub(crate) fn connection_error(e: ConnectionError) -> StoreError {
     match e {

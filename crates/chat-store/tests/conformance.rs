@@ -13,7 +13,7 @@ mod support;
 
 use std::time::Duration;
 
-use chat_store::testing::{TestStore, fresh_pg_url};
+use chat_store::testing::{TestDatabase, TestStore};
 use chat_store::{Appended, StoreConfig, StoreError};
 use support::*;
 
@@ -85,14 +85,11 @@ mod sqlite_only {
 
     #[tokio::test]
     async fn creates_the_file_and_missing_folders() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested").join("deeper").join("chat.db");
-        let config = StoreConfig::new(&format!("sqlite://{}", path.display()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let repo = chat_store::open(&config)
-            .await
-            .unwrap_or_else(|e| panic!("open: {e}"));
-        repo.ping().await.unwrap_or_else(|e| panic!("{e}"));
+        let config = StoreConfig::new(&format!("sqlite://{}", path.display())).unwrap();
+        let repo = chat_store::open(&config).await.expect("open");
+        repo.ping().await.unwrap();
         assert!(path.is_file(), "the database file exists");
     }
 
@@ -109,14 +106,14 @@ mod sqlite_only {
                 #[diesel(sql_type = diesel::sql_types::Text)]
                 journal_mode: String,
             }
-            let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap_or_default())
-                .unwrap_or_else(|e| panic!("{e}"));
+            let mut conn =
+                diesel::SqliteConnection::establish(path.to_str().unwrap_or_default()).unwrap();
             diesel::sql_query("PRAGMA journal_mode")
                 .get_result::<Mode>(&mut conn)
                 .map(|m| m.journal_mode)
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(mode.as_deref(), Ok("wal"));
     }
 }
@@ -127,8 +124,9 @@ mod postgres_only {
     use super::*;
     use tokio::net::TcpListener;
 
+    #[allow(clippy::unwrap_used)] // a test helper, not a `#[test]` fn (see clippy.toml)
     fn short_timeouts(url: &str) -> StoreConfig {
-        let mut config = StoreConfig::new(url).unwrap_or_else(|e| panic!("{e}"));
+        let mut config = StoreConfig::new(url).unwrap();
         config.wait_timeout = Duration::from_secs(3);
         config.connect_timeout = Duration::from_secs(3);
         config
@@ -137,13 +135,8 @@ mod postgres_only {
     #[tokio::test]
     async fn an_unreachable_server_is_unavailable() {
         // A port nobody listens on.
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .port();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         drop(listener);
         let config = short_timeouts(&format!("postgres://chat:secret@127.0.0.1:{port}/chat"));
         match chat_store::open(&config).await {
@@ -161,17 +154,16 @@ mod postgres_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lost_connection_is_retryable_and_the_store_recovers() {
-        let url = fresh_pg_url().await;
-        let upstream = server_addr(&url).await;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let proxy_addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let db = TestDatabase::create().await;
+        let url = db.url();
+        let upstream = server_addr(url).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap();
         let proxy = Proxy::start(listener, upstream);
-        let proxied = with_host_port(&url, &proxy_addr.to_string());
+        let proxied = with_host_port(url, &proxy_addr.to_string());
         let repo = chat_store::open(&short_timeouts(&proxied))
             .await
-            .unwrap_or_else(|e| panic!("open: {e}"));
+            .expect("open");
         let room = open(&*repo, "alice", "bob", t(1)).await;
         send(&*repo, &room.id, "alice", "c1", t(2)).await;
 
@@ -200,9 +192,7 @@ mod postgres_only {
             .await
             .unwrap_or_else(|e| panic!("rebind {proxy_addr}: {e}"));
         let proxy = Proxy::start(listener, upstream);
-        repo.ping()
-            .await
-            .unwrap_or_else(|e| panic!("ping after recovery: {e}"));
+        repo.ping().await.expect("ping after recovery");
         match repo
             .append(new_msg(&room.id, "alice", "c2", "retried"), t(4))
             .await

@@ -1,6 +1,10 @@
 //! The conformance cases. Each takes a fresh store and asserts one rule of the
 //! `Repository` contract; `conformance.rs` runs every case against SQLite and PostgreSQL.
 
+// Test code that is not a `#[test]` function (clippy.toml exempts only those): a failed
+// unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -15,16 +19,13 @@ fn rule(e: DomainError) -> StoreError {
 }
 
 pub async fn ping_answers(s: &TestStore) {
-    s.repo.ping().await.unwrap_or_else(|e| panic!("ping: {e}"));
+    s.repo.ping().await.expect("ping");
 }
 
 pub async fn open_room_is_idempotent_in_either_order(s: &TestStore) {
     let repo = &*s.repo;
     let mut rx = repo.events().subscribe();
-    let first = repo
-        .open_room(&pair("alice", "bob"), t(1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let first = repo.open_room(&pair("alice", "bob"), t(1)).await.unwrap();
     assert!(first.created);
     assert_eq!(first.room.members, pair("bob", "alice"));
     assert_eq!(first.room.created_at, t(1));
@@ -34,19 +35,13 @@ pub async fn open_room_is_idempotent_in_either_order(s: &TestStore) {
         "room ids are UUIDs"
     );
 
-    let again = repo
-        .open_room(&pair("bob", "alice"), t(2))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let again = repo.open_room(&pair("bob", "alice"), t(2)).await.unwrap();
     assert!(!again.created);
     assert_eq!(
         again.room, first.room,
         "the same room, unchanged (created_at stays)"
     );
-    let third = repo
-        .open_room(&pair("alice", "bob"), t(3))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let third = repo.open_room(&pair("alice", "bob"), t(3)).await.unwrap();
     assert_eq!(third.room.id, first.room.id);
 
     assert_eq!(
@@ -58,10 +53,7 @@ pub async fn open_room_is_idempotent_in_either_order(s: &TestStore) {
     );
     assert_eq!(repo.room(&first.room.id).await, Ok(first.room.clone()));
 
-    let other = repo
-        .open_room(&pair("alice", "carol"), t(4))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let other = repo.open_room(&pair("alice", "carol"), t(4)).await.unwrap();
     assert!(other.created);
     assert_ne!(other.room.id, first.room.id, "another pair, another room");
 }
@@ -81,9 +73,7 @@ pub async fn concurrent_open_room_returns_one_room(s: &TestStore) {
     let mut ids = HashSet::new();
     let mut created = 0;
     while let Some(joined) = tasks.join_next().await {
-        let opened = joined
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|e| panic!("open_room: {e}"));
+        let opened = joined.unwrap().expect("open_room");
         ids.insert(opened.room.id.clone());
         created += usize::from(opened.created);
     }
@@ -96,15 +86,10 @@ pub async fn closed_pair_gets_a_new_room(s: &TestStore) {
     let repo = &*s.repo;
     let old = open(repo, "alice", "bob", t(1)).await;
     send(repo, &old.id, "alice", "c1", t(2)).await;
-    repo.close_room(&old.id, t(3))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    repo.close_room(&old.id, t(3)).await.unwrap();
 
     let mut rx = repo.events().subscribe();
-    let new = repo
-        .open_room(&pair("bob", "alice"), t(4))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let new = repo.open_room(&pair("bob", "alice"), t(4)).await.unwrap();
     assert!(new.created);
     assert_ne!(new.room.id, old.id);
     assert_eq!(
@@ -119,16 +104,10 @@ pub async fn closed_pair_gets_a_new_room(s: &TestStore) {
         send(repo, &new.room.id, "bob", "c1", t(5)).await.seq,
         seq(1)
     );
-    let again = repo
-        .open_room(&pair("alice", "bob"), t(6))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let again = repo.open_room(&pair("alice", "bob"), t(6)).await.unwrap();
     assert_eq!((again.room.id, again.created), (new.room.id.clone(), false));
 
-    let listed = repo
-        .rooms_of(&user("alice"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let listed = repo.rooms_of(&user("alice")).await.unwrap();
     let listed: Vec<_> = listed
         .iter()
         .map(|r| (r.room_id.clone(), r.closed))
@@ -144,16 +123,10 @@ pub async fn close_room_is_idempotent(s: &TestStore) {
     let repo = &*s.repo;
     let room = open(repo, "alice", "bob", t(1)).await;
     let mut rx = repo.events().subscribe();
-    let closed = repo
-        .close_room(&room.id, t(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let closed = repo.close_room(&room.id, t(5)).await.unwrap();
     assert_eq!(closed.closed_at, Some(t(5)));
     assert_eq!(closed.id, room.id);
-    let again = repo
-        .close_room(&room.id, t(9))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let again = repo.close_room(&room.id, t(9)).await.unwrap();
     assert_eq!(again.closed_at, Some(t(5)), "the first close time stays");
     assert_eq!(
         drain(&mut rx),
@@ -174,9 +147,7 @@ pub async fn closed_room_refuses_append_but_allows_history_and_mark_seen(s: &Tes
     let room = open(repo, "alice", "bob", t(1)).await;
     send(repo, &room.id, "alice", "c1", t(2)).await;
     send(repo, &room.id, "alice", "c2", t(3)).await;
-    repo.close_room(&room.id, t(4))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    repo.close_room(&room.id, t(4)).await.unwrap();
 
     let mut rx = repo.events().subscribe();
     expect_err(
@@ -196,12 +167,9 @@ pub async fn closed_room_refuses_append_but_allows_history_and_mark_seen(s: &Tes
     let seen = repo
         .mark_seen(&room.id, &user("bob"), seq(2), t(6))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(seen.marked, vec![seq(1), seq(2)]);
-    let summary = repo
-        .room_summary(&room.id, &user("bob"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let summary = repo.room_summary(&room.id, &user("bob")).await.unwrap();
     assert_eq!(
         (summary.closed, summary.last_seq, summary.unread),
         (true, 2, 0)
@@ -230,10 +198,7 @@ pub async fn append_assigns_gapless_seq(s: &TestStore) {
         t(4),
         "microseconds survive the round trip"
     );
-    let summary = repo
-        .room_summary(&room.id, &user("alice"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let summary = repo.room_summary(&room.id, &user("alice")).await.unwrap();
     assert_eq!(summary.last_seq, 5);
 }
 
@@ -266,9 +231,7 @@ pub async fn duplicate_append_returns_the_stored_row_without_an_event(s: &TestSt
         seq(1)
     );
     // A retry after the room closed still finds its message.
-    repo.close_room(&room.id, t(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    repo.close_room(&room.id, t(5)).await.unwrap();
     let late_retry = repo
         .append(new_msg(&room.id, "alice", "same", "x"), t(6))
         .await;
@@ -280,9 +243,7 @@ pub async fn append_batch_reports_each_message_in_input_order(s: &TestStore) {
     let r1 = open(repo, "alice", "bob", t(1)).await;
     let r2 = open(repo, "carol", "dave", t(1)).await;
     let closed = open(repo, "alice", "erin", t(1)).await;
-    repo.close_room(&closed.id, t(2))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    repo.close_room(&closed.id, t(2)).await.unwrap();
     let earlier = send(repo, &r1.id, "bob", "b0", t(2)).await;
 
     let mut rx = repo.events().subscribe();
@@ -301,7 +262,7 @@ pub async fn append_batch_reports_each_message_in_input_order(s: &TestStore) {
             t(3),
         )
         .await
-        .unwrap_or_else(|e| panic!("append_batch: {e}"));
+        .expect("append_batch");
     assert_eq!(results.len(), 8);
     let new_a1 = match &results[0] {
         Ok(Appended::New(m)) => m.clone(),
@@ -343,10 +304,7 @@ pub async fn append_batch_reports_each_message_in_input_order(s: &TestStore) {
         seqs(&all_history(repo, &r1.id, "alice").await),
         vec![1, 2, 3]
     );
-    let s1 = repo
-        .room_summary(&r1.id, &user("alice"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let s1 = repo.room_summary(&r1.id, &user("alice")).await.unwrap();
     assert_eq!(s1.last_seq, 3);
     assert_eq!(repo.append_batch(Vec::new(), t(4)).await, Ok(Vec::new()));
 }
@@ -359,11 +317,8 @@ pub async fn events_are_published_after_commit(s: &TestStore) {
     let seen = repo
         .mark_seen(&room.id, &user("bob"), seq(1), t(3))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let closed = repo
-        .close_room(&room.id, t(4))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    let closed = repo.close_room(&room.id, t(4)).await.unwrap();
     let events = drain(&mut rx);
     assert_eq!(
         events,
@@ -392,9 +347,7 @@ pub async fn events_are_published_after_commit(s: &TestStore) {
         Some(m.seq)
     );
     // Calls that change nothing publish nothing.
-    repo.open_room(&pair("carol", "dave"), t(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    repo.open_room(&pair("carol", "dave"), t(5)).await.unwrap();
     drain(&mut rx);
     let _ = repo
         .append(new_msg(&room.id, "alice", "c1", "dup"), t(6))
@@ -418,10 +371,7 @@ pub async fn history_pages(s: &TestStore) {
             )
         })
         .collect();
-    let results = repo
-        .append_batch(batch, t(2))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let results = repo.append_batch(batch, t(2)).await.unwrap();
     assert!(results.iter().all(|r| matches!(r, Ok(Appended::New(_)))));
 
     let id = &room.id;
@@ -523,10 +473,7 @@ pub async fn history_pages(s: &TestStore) {
             },
         )
         .await;
-    let m = full
-        .unwrap_or_else(|e| panic!("{e}"))
-        .pop()
-        .unwrap_or_else(|| panic!("message 42"));
+    let m = full.unwrap().pop().expect("message 42");
     assert_eq!(
         (
             m.body.as_str(),
@@ -554,14 +501,8 @@ pub async fn unread_counts(s: &TestStore) {
 
     let id = &room.id;
     let unread = |who: &'static str| async move {
-        let listed = repo
-            .rooms_of(&user(who))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let summary = repo
-            .room_summary(id, &user(who))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let listed = repo.rooms_of(&user(who)).await.unwrap();
+        let summary = repo.room_summary(id, &user(who)).await.unwrap();
         assert_eq!(
             listed,
             vec![summary.clone()],
@@ -575,7 +516,7 @@ pub async fn unread_counts(s: &TestStore) {
     assert_eq!(unread("alice").await, 2);
     repo.mark_seen(&room.id, &user("bob"), seq(2), t(4))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(unread("bob").await, 1);
     assert_eq!(
         unread("alice").await,
@@ -584,7 +525,7 @@ pub async fn unread_counts(s: &TestStore) {
     );
     repo.mark_seen(&room.id, &user("alice"), seq(5), t(4))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(unread("alice").await, 0);
     assert_eq!(repo.rooms_of(&user("nobody")).await, Ok(Vec::new()));
 }
@@ -595,13 +536,8 @@ pub async fn rooms_of_lists_newest_first(s: &TestStore) {
     let r3 = open(repo, "alice", "dave", t(3)).await;
     let r2 = open(repo, "alice", "carol", t(2)).await;
     open(repo, "bob", "carol", t(4)).await;
-    repo.close_room(&r2.id, t(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let listed = repo
-        .rooms_of(&user("alice"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    repo.close_room(&r2.id, t(5)).await.unwrap();
+    let listed = repo.rooms_of(&user("alice")).await.unwrap();
     let ids: Vec<_> = listed.iter().map(|r| r.room_id.clone()).collect();
     assert_eq!(ids, vec![r3.id, r2.id, r1.id]);
     assert_eq!(
@@ -628,7 +564,7 @@ pub async fn mark_seen_marks_only_the_other_members_messages(s: &TestStore) {
     let out = repo
         .mark_seen(&room.id, &user("bob"), seq(3), t(10))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(out.up_to, seq(3));
     assert_eq!(out.marked, vec![seq(1), seq(2)]);
     assert_eq!(out.seen_at, t(10));
@@ -657,7 +593,7 @@ pub async fn mark_seen_marks_only_the_other_members_messages(s: &TestStore) {
     let own = repo
         .mark_seen(&room.id, &user("alice"), seq(2), t(11))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         own.marked,
         vec![],
@@ -666,7 +602,7 @@ pub async fn mark_seen_marks_only_the_other_members_messages(s: &TestStore) {
     let own = repo
         .mark_seen(&room.id, &user("alice"), seq(4), t(12))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(own.marked, vec![seq(3)]);
 }
 
@@ -678,20 +614,20 @@ pub async fn mark_seen_sets_seen_at_once(s: &TestStore) {
     let first = repo
         .mark_seen(&room.id, &user("bob"), seq(2), t(10))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(first.changed());
 
     let mut rx = repo.events().subscribe();
     let again = repo
         .mark_seen(&room.id, &user("bob"), seq(2), t(20))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(again.marked, vec![]);
     assert_eq!(again.up_to, seq(2));
     let backwards = repo
         .mark_seen(&room.id, &user("bob"), seq(1), t(30))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         backwards.marked,
         vec![],
@@ -715,7 +651,7 @@ pub async fn mark_seen_sets_seen_at_once(s: &TestStore) {
     let later = repo
         .mark_seen(&room.id, &user("bob"), seq(3), t(50))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(later.marked, vec![seq(3)]);
     let seen: Vec<_> = all_history(repo, &room.id, "bob")
         .await
@@ -732,7 +668,7 @@ pub async fn mark_seen_clamps_to_the_last_seq(s: &TestStore) {
     let empty = repo
         .mark_seen(&room.id, &user("bob"), seq(7), t(2))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         (empty.up_to, empty.marked.len()),
         (seq(7), 0),
@@ -745,15 +681,12 @@ pub async fn mark_seen_clamps_to_the_last_seq(s: &TestStore) {
     let out = repo
         .mark_seen(&room.id, &user("bob"), seq(1000), t(3))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(out.up_to, seq(2));
     assert_eq!(out.marked, vec![seq(1), seq(2)]);
     // Messages sent after the clamped watermark are not covered by it.
     send(repo, &room.id, "alice", "a3", t(4)).await;
-    let summary = repo
-        .room_summary(&room.id, &user("bob"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let summary = repo.room_summary(&room.id, &user("bob")).await.unwrap();
     assert_eq!(summary.unread, 1);
 }
 
@@ -766,7 +699,7 @@ pub async fn seen_at_is_never_before_sent_at(s: &TestStore) {
     let out = repo
         .mark_seen(&room.id, &user("bob"), seq(2), t(20))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(out.marked, vec![seq(1), seq(2)]);
     assert_eq!(
         out.seen_at,
@@ -856,7 +789,7 @@ pub async fn bodies_are_counted_in_characters(s: &TestStore) {
         let m = repo
             .append(new_msg(&room.id, "alice", &format!("c{i}"), text), t(2))
             .await;
-        let m = m.unwrap_or_else(|e| panic!("{e}")).into_message();
+        let m = m.unwrap().into_message();
         assert_eq!(m.body.as_str(), text.as_str());
     }
     let stored: Vec<String> = all_history(repo, &room.id, "bob")
@@ -878,9 +811,7 @@ pub async fn database_constraints_back_the_rules(s: &TestStore) {
     let repo = &*s.repo;
     let room = open(repo, "alice", "bob", t(1)).await;
     let closed = open(repo, "alice", "carol", t(1)).await;
-    repo.close_room(&closed.id, t(2))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    repo.close_room(&closed.id, t(2)).await.unwrap();
     let id = room.id.as_str();
     let insert = |room: &str, seq: i64, sender: &str, cmid: &str, body: &str, seen: &str| {
         format!(
@@ -917,10 +848,10 @@ pub async fn database_constraints_back_the_rules(s: &TestStore) {
         &insert(id, 1, "alice", "x", &"é".repeat(160), "NULL"),
     )
     .await
-    .unwrap_or_else(|e| panic!("a valid row was refused: {e}"));
+    .expect("a valid row was refused");
     exec_raw(&s.url, &insert(id, 2, "bob", "x", "hi", "NULL"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         exec_raw(&s.url, &insert(id, 3, "alice", "x", "again", "NULL"))
             .await
@@ -943,7 +874,7 @@ pub async fn corrupt_rows_are_reported(s: &TestStore) {
         "INSERT INTO rooms (id, member_a, member_b, created_at, last_seq) VALUES ('bad-room', 'alice', 'not valid!', 1, 0)",
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     match repo.rooms_of(&user("alice")).await {
         Err(StoreError::Corrupt(msg)) => assert!(msg.contains("bad-room"), "{msg}"),
         other => panic!("expected Corrupt, got {other:?}"),
@@ -964,10 +895,8 @@ pub async fn reopening_keeps_the_data(s: &TestStore) {
     let m = send(&*s.repo, &room.id, "alice", "c1", t(2)).await;
     // A second store on the same database (a restart, or a second server): migrations are
     // already applied and the data is there.
-    let config = StoreConfig::new(&s.url).unwrap_or_else(|e| panic!("{e}"));
-    let again = chat_store::open(&config)
-        .await
-        .unwrap_or_else(|e| panic!("reopen: {e}"));
+    let config = StoreConfig::new(&s.url).unwrap();
+    let again = chat_store::open(&config).await.expect("reopen");
     assert_eq!(all_history(&*again, &room.id, "bob").await, vec![m]);
     assert_eq!(send(&*again, &room.id, "bob", "c2", t(3)).await.seq, seq(2));
     assert_eq!(
@@ -998,7 +927,7 @@ pub async fn concurrent_appends_to_one_room(s: &TestStore) {
     }
     let mut all = Vec::with_capacity(TASKS * EACH);
     while let Some(joined) = tasks.join_next().await {
-        let (task, mine) = joined.unwrap_or_else(|e| panic!("{e}"));
+        let (task, mine) = joined.unwrap();
         assert!(
             mine.windows(2).all(|w| w[0] < w[1]),
             "task {task}'s seqs increase: {mine:?}"
@@ -1054,10 +983,7 @@ pub async fn concurrent_batches_over_shared_rooms(s: &TestStore) {
                         (0..2).map(move |k| new_msg(r, "a", &format!("{task}-{round}-{k}"), "hi"))
                     })
                     .collect();
-                let results = repo
-                    .append_batch(batch, t(2))
-                    .await
-                    .unwrap_or_else(|e| panic!("batch: {e}"));
+                let results = repo.append_batch(batch, t(2)).await.expect("batch");
                 assert!(
                     results.iter().all(|r| matches!(r, Ok(Appended::New(_)))),
                     "{results:?}"
@@ -1066,7 +992,7 @@ pub async fn concurrent_batches_over_shared_rooms(s: &TestStore) {
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        joined.unwrap_or_else(|e| panic!("{e}"));
+        joined.unwrap();
     }
     let expected: Vec<u64> = (1..=(TASKS * ROUNDS * 2) as u64).collect();
     for room in &rooms {
@@ -1087,10 +1013,7 @@ pub async fn large_batches_span_several_inserts(s: &TestStore) {
         .map(|i| new_msg(&rooms[i % 3], "alice", &format!("c{i}"), &format!("m{i}")))
         .collect();
     let mut rx = repo.events().subscribe();
-    let results = repo
-        .append_batch(batch.clone(), t(2))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let results = repo.append_batch(batch.clone(), t(2)).await.unwrap();
     assert!(results.iter().all(|r| matches!(r, Ok(Appended::New(_)))));
     assert_eq!(drain(&mut rx).len(), 2_500);
     for (k, room) in rooms.iter().enumerate() {
@@ -1101,10 +1024,7 @@ pub async fn large_batches_span_several_inserts(s: &TestStore) {
         );
     }
     // The same batch again: every message is a duplicate, nothing is stored or published.
-    let again = repo
-        .append_batch(batch, t(3))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let again = repo.append_batch(batch, t(3)).await.unwrap();
     let dup_seqs: Vec<u64> = again
         .iter()
         .map(|r| match r {
@@ -1119,9 +1039,6 @@ pub async fn large_batches_span_several_inserts(s: &TestStore) {
         .collect();
     assert_eq!(dup_seqs, first_seqs);
     assert_eq!(drain(&mut rx), vec![]);
-    let summary = repo
-        .room_summary(&rooms[0], &user("bob"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let summary = repo.room_summary(&rooms[0], &user("bob")).await.unwrap();
     assert_eq!((summary.last_seq, summary.unread), (834, 834));
 }

@@ -1,6 +1,10 @@
 //! Helpers for the conformance cases: domain values, raw SQL on a test database, and a TCP
 //! proxy that can cut a store off its PostgreSQL server.
 
+// Test code that is not a `#[test]` function (clippy.toml exempts only those): a failed
+// unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -23,7 +27,7 @@ pub fn room_id(s: &str) -> RoomId {
 }
 
 pub fn pair(a: &str, b: &str) -> Members {
-    Members::new(user(a), user(b)).unwrap_or_else(|e| panic!("{e}"))
+    Members::new(user(a), user(b)).unwrap()
 }
 
 pub fn seq(n: u64) -> Seq {
@@ -32,23 +36,22 @@ pub fn seq(n: u64) -> Seq {
 
 /// A fixed instant plus `n` seconds, with a microsecond part so precision is checked.
 pub fn t(n: i64) -> Timestamp {
-    Timestamp::from_unix_micros(1_795_000_000_123_456 + n * 1_000_000)
-        .unwrap_or_else(|e| panic!("{e}"))
+    Timestamp::from_unix_micros(1_795_000_000_123_456 + n * 1_000_000).unwrap()
 }
 
 pub fn new_msg(room: &RoomId, sender: &str, cmid: &str, body: &str) -> NewMessage {
     NewMessage {
         room_id: room.clone(),
         sender_id: user(sender),
-        client_msg_id: ClientMsgId::new(cmid).unwrap_or_else(|e| panic!("{e}")),
-        body: Body::new(body).unwrap_or_else(|e| panic!("{e}")),
+        client_msg_id: ClientMsgId::new(cmid).unwrap(),
+        body: Body::new(body).unwrap(),
     }
 }
 
 pub async fn open(repo: &dyn Repository, a: &str, b: &str, now: Timestamp) -> Room {
     repo.open_room(&pair(a, b), now)
         .await
-        .unwrap_or_else(|e| panic!("open_room: {e}"))
+        .expect("open_room")
         .room
 }
 
@@ -80,7 +83,7 @@ pub async fn all_history(repo: &dyn Repository, room: &RoomId, reader: &str) -> 
                 chat_domain::HistoryPage::After { after, limit: 300 },
             )
             .await
-            .unwrap_or_else(|e| panic!("history: {e}"));
+            .expect("history");
         let Some(last) = page.last() else { return out };
         after = last.seq.get();
         out.extend(page);
@@ -208,8 +211,6 @@ impl Proxy {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task)
-            .await
-            .unwrap_or_else(|e| panic!("proxy task: {e}"));
+        (&mut self.task).await.expect("proxy task");
     }
 }
