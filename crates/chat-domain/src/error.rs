@@ -12,7 +12,7 @@ pub enum DomainError {
     InvalidRoomId,
     #[error("client_msg_id must be 1 to 64 characters with no control characters")]
     InvalidClientMsgId,
-    #[error("sequence numbers start at 1")]
+    #[error("sequence numbers are whole numbers from 1 to 9223372036854775807 (2^63-1)")]
     InvalidSeq,
     #[error("message body is empty or blank")]
     BodyEmpty,
@@ -20,6 +20,10 @@ pub enum DomainError {
     BodyTooLong,
     #[error("message body contains a control character other than newline")]
     BodyInvalid,
+    #[error(
+        "message body has an unpaired bidirectional control character (U+202A-U+202E, U+2066-U+2069)"
+    )]
+    BodyUnpairedBidi,
     #[error("a room needs two distinct members")]
     SameMembers,
     #[error("user is not a member of this room")]
@@ -45,6 +49,7 @@ impl DomainError {
             Self::BodyEmpty => "body_empty",
             Self::BodyTooLong => "body_too_long",
             Self::BodyInvalid => "body_invalid",
+            Self::BodyUnpairedBidi => "body_unpaired_bidi",
             Self::SameMembers => "same_members",
             Self::NotAMember => "not_a_member",
             Self::RoomClosed => "room_closed",
@@ -60,7 +65,7 @@ impl DomainError {
         match self {
             Self::BodyEmpty => ErrorCode::BodyEmpty,
             Self::BodyTooLong => ErrorCode::BodyTooLong,
-            Self::BodyInvalid => ErrorCode::BodyInvalid,
+            Self::BodyInvalid | Self::BodyUnpairedBidi => ErrorCode::BodyInvalid,
             Self::NotAMember | Self::OwnMessage => ErrorCode::NotAMember,
             Self::RoomClosed => ErrorCode::RoomClosed,
             Self::InvalidUserId
@@ -88,6 +93,7 @@ mod tests {
             DomainError::BodyEmpty,
             DomainError::BodyTooLong,
             DomainError::BodyInvalid,
+            DomainError::BodyUnpairedBidi,
             DomainError::SameMembers,
             DomainError::NotAMember,
             DomainError::RoomClosed,

@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 pub mod history;
 pub mod ids;
+pub mod js;
 pub mod limits;
 pub mod message;
 pub mod protocol;

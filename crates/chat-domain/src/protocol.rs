@@ -15,16 +15,92 @@ use crate::timestamp::Timestamp;
 /// Largest text frame the server accepts; bigger ones close the connection with 1009.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024;
 
-/// WebSocket close codes the server uses.
-pub mod close {
-    /// Server shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// Auth failed, auth deadline passed, token expired, or a client too slow to read.
-    pub const POLICY_VIOLATION: u16 = 1008;
-    /// Frame over [`super::MAX_FRAME_BYTES`].
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// Too many connections for this user; try again later.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+/// Declares a wire enum whose every variant is spelled once: serde uses that spelling,
+/// `as_str` returns it, and `ALL` lists the variants (the JS constants are generated from it,
+/// see [`crate::js`]).
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+
+            /// The wire spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// Declares the close reasons: each with its code and its reason string, named once.
+macro_rules! close_reasons {
+    ($($(#[$vmeta:meta])* $variant:ident = ($code:literal, $reason:literal),)*) => {
+        /// Why a WebSocket closes: each close code with its reason string, named once.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Close {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl Close {
+            /// Every close reason, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+
+            /// The WebSocket close code.
+            pub fn code(self) -> u16 {
+                match self {
+                    $(Self::$variant => $code,)*
+                }
+            }
+
+            /// The close frame's reason string.
+            pub fn reason(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $reason,)*
+                }
+            }
+        }
+    };
+}
+
+close_reasons! {
+    /// The client closed.
+    Bye = (1000, "bye"),
+    /// The server is stopping; reconnect (to another node).
+    ServerShutdown = (1001, "server_shutdown"),
+    /// Nothing heard from the client for the idle timeout.
+    IdleTimeout = (1001, "idle_timeout"),
+    /// A broken WebSocket frame.
+    ProtocolError = (1002, "protocol_error"),
+    /// A bad token, or a first frame that was not `auth`.
+    Unauthorized = (1008, "unauthorized"),
+    /// No `auth` frame in time.
+    AuthTimeout = (1008, "auth_timeout"),
+    /// The token's `exp` passed.
+    TokenExpired = (1008, "token_expired"),
+    /// The client did not read what was sent to it.
+    SlowConsumer = (1008, "slow_consumer"),
+    /// A frame (or fragmented message) over [`MAX_FRAME_BYTES`].
+    FrameTooBig = (1009, "frame_too_big"),
+    /// The server could not load the user's rooms.
+    Internal = (1011, "internal"),
+    /// The user holds the most connections allowed.
+    TooManyConnections = (1013, "too_many_connections"),
+    /// The server lost track of events; reconnect and catch up.
+    Resync = (1013, "resync"),
 }
 
 /// A frame from a client.
@@ -111,36 +187,40 @@ impl ServerFrame {
     }
 }
 
-/// The error codes of `error` frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    Unauthorized,
-    NotAMember,
-    UnknownRoom,
-    BodyEmpty,
-    BodyTooLong,
-    BodyInvalid,
-    InvalidFrame,
-    RateLimited,
-    RoomClosed,
-    Internal,
+wire_enum! {
+    /// The error codes of `error` frames.
+    pub enum ErrorCode {
+        Unauthorized = "unauthorized",
+        NotAMember = "not_a_member",
+        UnknownRoom = "unknown_room",
+        BodyEmpty = "body_empty",
+        BodyTooLong = "body_too_long",
+        BodyInvalid = "body_invalid",
+        InvalidFrame = "invalid_frame",
+        RateLimited = "rate_limited",
+        RoomClosed = "room_closed",
+        Internal = "internal",
+    }
 }
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unauthorized => "unauthorized",
-            Self::NotAMember => "not_a_member",
-            Self::UnknownRoom => "unknown_room",
-            Self::BodyEmpty => "body_empty",
-            Self::BodyTooLong => "body_too_long",
-            Self::BodyInvalid => "body_invalid",
-            Self::InvalidFrame => "invalid_frame",
-            Self::RateLimited => "rate_limited",
-            Self::RoomClosed => "room_closed",
-            Self::Internal => "internal",
-        }
+wire_enum! {
+    /// The codes of service API errors (`{"error":{"code":...}}`), beside the domain rules'
+    /// own codes ([`crate::DomainError::code`]).
+    pub enum ApiErrorCode {
+        Unauthorized = "unauthorized",
+        RateLimited = "rate_limited",
+        InvalidJson = "invalid_json",
+        InvalidMembers = "invalid_members",
+        InvalidUserId = "invalid_user_id",
+        InvalidTtl = "invalid_ttl",
+        UnknownRoom = "unknown_room",
+        NotFound = "not_found",
+        MethodNotAllowed = "method_not_allowed",
+        PayloadTooLarge = "payload_too_large",
+        OriginNotAllowed = "origin_not_allowed",
+        NotADemoUser = "not_a_demo_user",
+        Unavailable = "unavailable",
+        Internal = "internal",
     }
 }
 
@@ -249,20 +329,17 @@ mod tests {
     }
 
     #[test]
-    fn error_code_strings_match_serde() {
-        for code in [
-            ErrorCode::Unauthorized,
-            ErrorCode::NotAMember,
-            ErrorCode::UnknownRoom,
-            ErrorCode::BodyEmpty,
-            ErrorCode::BodyTooLong,
-            ErrorCode::BodyInvalid,
-            ErrorCode::InvalidFrame,
-            ErrorCode::RateLimited,
-            ErrorCode::RoomClosed,
-            ErrorCode::Internal,
-        ] {
+    fn wire_spellings_match_serde_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).ok(), Some(json!(code.as_str())));
+            assert!(seen.insert(code.as_str()));
+        }
+        for code in ApiErrorCode::ALL {
             assert_eq!(serde_json::to_value(code).ok(), Some(json!(code.as_str())));
         }
+        let reasons: std::collections::HashSet<_> = Close::ALL.iter().map(|c| c.reason()).collect();
+        assert_eq!(reasons.len(), Close::ALL.len());
+        assert!(Close::ALL.iter().all(|c| (1000..=4999).contains(&c.code())));
     }
 }

@@ -6,19 +6,53 @@ use chat_domain::protocol::api::{CreateRoom, IssueToken, RoomCreated, TokenIssue
 use chat_domain::{Members, RoomId, Timestamp, UserId};
 use serde::de::DeserializeOwned;
 
-use crate::auth::{DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS};
+use crate::auth::DEFAULT_TOKEN_TTL_SECS;
+use chat_domain::protocol::ApiErrorCode;
+
 use crate::error::ServerError;
 use crate::state::{AppState, now};
 
+/// Largest request body the API reads (`413 payload_too_large` beyond).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Every route is a resource whose other methods answer `405 method_not_allowed`, and an
+/// unknown path under `/api` answers `404 not_found`, both in the API's JSON error shape
+/// (actix's defaults are plain text; issue 8, D8).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/api/rooms", web::post().to(create_room))
-        .route("/api/rooms/{room_id}", web::delete().to(close_room))
-        .route("/api/tokens", web::post().to(issue_token));
+    cfg.service(resource("/healthz").route(web::get().to(healthz)))
+        .service(resource("/readyz").route(web::get().to(readyz)))
+        .service(
+            web::scope("/api")
+                .service(resource("/rooms").route(web::post().to(create_room)))
+                .service(resource("/rooms/{room_id}").route(web::delete().to(close_room)))
+                .service(resource("/tokens").route(web::post().to(issue_token)))
+                .default_service(web::to(not_found)),
+        );
 }
 
+/// A resource whose unrouted methods are `405 method_not_allowed`.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ServerError> {
+    Err(ServerError::MethodNotAllowed)
+}
+
+async fn not_found() -> Result<HttpResponse, ServerError> {
+    Err(ServerError::NotFound)
+}
+
+/// Checks the service key. An address that has failed too often is refused without its key
+/// being looked at (see `ratelimit::KeyFailures`).
 fn require_service_key(req: &HttpRequest, state: &AppState) -> Result<(), ServerError> {
+    let address = req.peer_addr().map(|a| a.ip());
+    if address.is_some_and(|a| state.key_failures.blocked(a)) {
+        if let Some(address) = address {
+            state.key_failures.record(address);
+        }
+        return Err(ServerError::RateLimited);
+    }
     let header = req
         .headers()
         .get("authorization")
@@ -26,22 +60,32 @@ fn require_service_key(req: &HttpRequest, state: &AppState) -> Result<(), Server
     if state.service_key.check_header(header) {
         Ok(())
     } else {
-        tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "service API call with a missing or wrong key");
+        if let Some(address) = address {
+            state.key_failures.record(address);
+        }
         Err(ServerError::Unauthorized)
     }
 }
 
-/// Parses a JSON body with our own error shape (actix's default is plain text).
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServerError> {
-    serde_json::from_slice(body).map_err(|e| ServerError::BadRequest {
-        code: "invalid_json",
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`], with our own error shape.
+pub async fn read_json<T: DeserializeOwned>(payload: web::Payload) -> Result<T, ServerError> {
+    let body = payload
+        .to_bytes_limited(MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ServerError::PayloadTooLarge)?
+        .map_err(|e| ServerError::BadRequest {
+            code: ApiErrorCode::InvalidJson,
+            message: e.to_string(),
+        })?;
+    serde_json::from_slice(&body).map_err(|e| ServerError::BadRequest {
+        code: ApiErrorCode::InvalidJson,
         message: e.to_string(),
     })
 }
 
 pub fn parse_user(raw: &str) -> Result<UserId, ServerError> {
     UserId::new(raw).map_err(|e| ServerError::Unprocessable {
-        code: "invalid_user_id",
+        code: ApiErrorCode::InvalidUserId,
         message: format!("{raw:?}: {e}"),
     })
 }
@@ -59,20 +103,20 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ServerError>
 
 async fn create_room(
     req: HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ServerError> {
     require_service_key(&req, &state)?;
-    let request: CreateRoom = parse_json(&body)?;
+    let request: CreateRoom = read_json(body).await?;
     let [a, b] = request.members.as_slice() else {
         return Err(ServerError::Unprocessable {
-            code: "invalid_members",
+            code: ApiErrorCode::InvalidMembers,
             message: "members must name exactly two users".into(),
         });
     };
     let members =
         Members::new(parse_user(a)?, parse_user(b)?).map_err(|_| ServerError::Unprocessable {
-            code: "invalid_members",
+            code: ApiErrorCode::InvalidMembers,
             message: "members must be two distinct users".into(),
         })?;
     let opened = state
@@ -103,17 +147,18 @@ async fn close_room(
 
 async fn issue_token(
     req: HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ServerError> {
     require_service_key(&req, &state)?;
-    let request: IssueToken = parse_json(&body)?;
+    let request: IssueToken = read_json(body).await?;
     let user = parse_user(&request.user_id)?;
     let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
-    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
+    let max = state.config.max_token_ttl_secs;
+    if ttl == 0 || ttl > max {
         return Err(ServerError::Unprocessable {
-            code: "invalid_ttl",
-            message: format!("ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECS}"),
+            code: ApiErrorCode::InvalidTtl,
+            message: format!("ttl_seconds must be between 1 and {max} (CHAT_MAX_TOKEN_TTL_SECS)"),
         });
     }
     Ok(HttpResponse::Ok().json(token_for(&state, &user, ttl)?))

@@ -2,6 +2,12 @@
 //!
 //! User tokens are plain HS256 JWTs with `sub` (the user id) and `exp`, so a host app may
 //! mint them itself with the shared secret instead of calling `POST /api/tokens`.
+//!
+//! Checked as strictly as RFC 7519 allows (issue 8, D5): `exp` and `nbf` with zero leeway; a
+//! header with `crit` is refused (we understand no extension, and RFC 7515 §4.1.11 says a
+//! recipient that does not must refuse the token); and a token may not live longer than
+//! `CHAT_MAX_TOKEN_TTL_SECS` (`exp - iat`, or `exp - now` without `iat`), so a self-minted
+//! token with `exp = 2^63-1` does not last for ever.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
@@ -9,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use chat_domain::{Timestamp, UserId};
 
-/// Longest lifetime `POST /api/tokens` issues (7 days).
+/// Longest lifetime a token may have, by default (7 days): `CHAT_MAX_TOKEN_TTL_SECS`.
 pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
 /// Lifetime when the request names none (1 hour).
 pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
@@ -20,6 +26,8 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 /// A verified user token.
@@ -36,6 +44,12 @@ pub enum AuthError {
     Expired,
     #[error("token invalid")]
     Invalid,
+    #[error("token not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error("token has a crit header, which this server does not support")]
+    CriticalHeader,
+    #[error("token lives longer than this server allows")]
+    TooLong,
     #[error("token subject is not a valid user id")]
     BadSubject,
     #[error("could not sign token")]
@@ -48,19 +62,22 @@ pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    max_ttl_secs: i64,
 }
 
 impl TokenKeys {
-    pub fn new(secret: &[u8]) -> Self {
+    pub fn new(secret: &[u8], max_ttl_secs: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         // `exp` is exact: the connection is closed at that second, so accepting a token past
-        // it would contradict that.
+        // it would contradict that. `nbf` gets the same zero leeway.
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            max_ttl_secs: i64::try_from(max_ttl_secs).unwrap_or(i64::MAX),
         }
     }
 
@@ -76,20 +93,29 @@ impl TokenKeys {
             sub: user.to_string(),
             exp,
             iat: Some(iat),
+            nbf: None,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|_| AuthError::Signing)?;
         Ok((token, exp))
     }
 
-    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+    pub fn verify(&self, token: &str, now: Timestamp) -> Result<Verified, AuthError> {
         let data =
             decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
                 match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                     _ => AuthError::Invalid,
                 }
             })?;
+        if data.header.crit.is_some() {
+            return Err(AuthError::CriticalHeader);
+        }
+        let from = data.claims.iat.unwrap_or_else(|| now.unix_seconds());
+        if i128::from(data.claims.exp) - i128::from(from) > i128::from(self.max_ttl_secs) {
+            return Err(AuthError::TooLong);
+        }
         let user = UserId::new(data.claims.sub).map_err(|_| AuthError::BadSubject)?;
         Ok(Verified {
             user,
@@ -129,8 +155,23 @@ pub fn random_secret() -> String {
 mod tests {
     use super::*;
 
+    const SECRET: &[u8] = b"a test secret of enough length, 32+";
+
     fn keys() -> TokenKeys {
-        TokenKeys::new(b"a test secret of enough length")
+        TokenKeys::new(SECRET, MAX_TOKEN_TTL_SECS)
+    }
+
+    fn mint(header: Header, claims: &Claims) -> String {
+        encode(&header, claims, &EncodingKey::from_secret(SECRET)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn claims(exp: i64, iat: Option<i64>, nbf: Option<i64>) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            exp,
+            iat,
+            nbf,
+        }
     }
 
     fn now() -> Timestamp {
@@ -146,7 +187,9 @@ mod tests {
         let (token, exp) = keys()
             .issue(&alice(), now(), 60)
             .unwrap_or_else(|e| panic!("{e}"));
-        let v = keys().verify(&token).unwrap_or_else(|e| panic!("{e}"));
+        let v = keys()
+            .verify(&token, now())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.user, alice());
         assert_eq!(v.expires_at, exp);
     }
@@ -158,28 +201,66 @@ mod tests {
         let (expired, _) = keys()
             .issue(&alice(), past, 60)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(keys().verify(&expired), Err(AuthError::Expired));
-        let (forged, _) = TokenKeys::new(b"another secret entirely!!")
-            .issue(&alice(), now(), 60)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(keys().verify(&forged), Err(AuthError::Invalid));
-        assert_eq!(keys().verify("not.a.jwt"), Err(AuthError::Invalid));
+        assert_eq!(keys().verify(&expired, now()), Err(AuthError::Expired));
+        let (forged, _) = TokenKeys::new(
+            b"another secret entirely, also 32 bytes",
+            MAX_TOKEN_TTL_SECS,
+        )
+        .issue(&alice(), now(), 60)
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys().verify(&forged, now()), Err(AuthError::Invalid));
+        assert_eq!(keys().verify("not.a.jwt", now()), Err(AuthError::Invalid));
     }
 
     #[test]
     fn a_token_for_an_invalid_user_id_is_refused() {
         let claims = Claims {
             sub: "no spaces allowed".into(),
-            exp: now().unix_seconds() + 60,
-            iat: None,
+            ..claims(now().unix_seconds() + 60, None, None)
         };
-        let token = encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(b"a test secret of enough length"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(keys().verify(&token), Err(AuthError::BadSubject));
+        let token = mint(Header::new(Algorithm::HS256), &claims);
+        assert_eq!(keys().verify(&token, now()), Err(AuthError::BadSubject));
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused_with_no_leeway() {
+        let t = now().unix_seconds();
+        let later = mint(
+            Header::new(Algorithm::HS256),
+            &claims(t + 60, None, Some(t + 5)),
+        );
+        assert_eq!(keys().verify(&later, now()), Err(AuthError::NotYetValid));
+        let started = mint(
+            Header::new(Algorithm::HS256),
+            &claims(t + 60, None, Some(t - 1)),
+        );
+        assert!(keys().verify(&started, now()).is_ok());
+    }
+
+    #[test]
+    fn a_crit_header_is_refused() {
+        let t = now().unix_seconds();
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".into()]);
+        let token = mint(header, &claims(t + 60, None, None));
+        assert_eq!(keys().verify(&token, now()), Err(AuthError::CriticalHeader));
+    }
+
+    #[test]
+    fn tokens_may_not_outlive_the_maximum_ttl() {
+        let t = now().unix_seconds();
+        let forever = mint(Header::new(Algorithm::HS256), &claims(i64::MAX, None, None));
+        assert_eq!(keys().verify(&forever, now()), Err(AuthError::TooLong));
+        let long = mint(
+            Header::new(Algorithm::HS256),
+            &claims(t + 3600, Some(t), None),
+        );
+        let strict = TokenKeys::new(SECRET, 600);
+        assert_eq!(strict.verify(&long, now()), Err(AuthError::TooLong));
+        assert!(keys().verify(&long, now()).is_ok());
+        // Without iat the lifetime left counts.
+        let left = mint(Header::new(Algorithm::HS256), &claims(t + 300, None, None));
+        assert!(strict.verify(&left, now()).is_ok());
     }
 
     #[test]

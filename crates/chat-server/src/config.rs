@@ -44,6 +44,16 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Comma-separated origins allowed to embed the page in a frame (CSP `frame-ancestors`)
+    /// and to hand it a token by `postMessage`. Default: the allowed origins. The page's own
+    /// origin always may.
+    #[arg(
+        long = "frame-ancestors",
+        env = "CHAT_FRAME_ANCESTORS",
+        value_delimiter = ','
+    )]
+    pub frame_ancestors: Option<Vec<String>>,
+
     /// Sustained per-user send rate, messages per second.
     #[arg(long = "rate-per-sec", env = "CHAT_RATE_PER_SEC", default_value_t = 5)]
     pub rate_per_sec: u32,
@@ -51,6 +61,31 @@ pub struct Config {
     /// Per-user burst of sends allowed above the sustained rate.
     #[arg(long = "rate-burst", env = "CHAT_RATE_BURST", default_value_t = 20)]
     pub rate_burst: u32,
+
+    /// Sustained per-user rate of each other request type (history, seen), per second.
+    #[arg(
+        long = "request-rate-per-sec",
+        env = "CHAT_REQUEST_RATE_PER_SEC",
+        default_value_t = 20
+    )]
+    pub request_rate_per_sec: u32,
+
+    /// Per-user burst of each other request type (history, seen).
+    #[arg(
+        long = "request-rate-burst",
+        env = "CHAT_REQUEST_RATE_BURST",
+        default_value_t = 200
+    )]
+    pub request_rate_burst: u32,
+
+    /// Longest lifetime a user token may have, in seconds (`exp - iat`, or `exp - now` when
+    /// the token has no `iat`); longer ones are refused. Also the most `POST /api/tokens` issues.
+    #[arg(
+        long = "max-token-ttl-secs",
+        env = "CHAT_MAX_TOKEN_TTL_SECS",
+        default_value_t = crate::auth::MAX_TOKEN_TTL_SECS
+    )]
+    pub max_token_ttl_secs: u64,
 
     /// Most simultaneous WebSocket connections one user may hold.
     #[arg(
@@ -88,6 +123,16 @@ pub struct Config {
     )]
     pub idle_timeout_secs: u64,
 
+    /// Seconds a WebSocket may have output waiting without the client reading any of it;
+    /// then it is closed (1008 `slow_consumer`), and the TCP connection is dropped by the
+    /// kernel (`TCP_USER_TIMEOUT`) if the client acknowledges nothing.
+    #[arg(
+        long = "write-timeout-secs",
+        env = "CHAT_WRITE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub write_timeout_secs: u64,
+
     /// Seconds a new WebSocket has to send its `auth` frame.
     #[arg(
         long = "auth-timeout-secs",
@@ -111,6 +156,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Shortest secret accepted for `CHAT_SERVICE_KEY` and `CHAT_JWT_SECRET`: 256 bits, the size
+/// of HS256's own key, and what `openssl rand -hex 32` prints half of.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 impl Config {
     /// Checks what clap cannot: secrets present outside demo mode, sane numbers.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -122,18 +171,38 @@ impl Config {
                 return Err(ConfigError::Missing("CHAT_JWT_SECRET"));
             }
         }
-        if self
-            .jwt_secret
-            .as_deref()
-            .is_some_and(|s| !s.is_empty() && s.len() < 16)
-        {
+        // Demo mode generates whichever is missing; one that is given must be strong.
+        for (name, secret) in [
+            ("CHAT_SERVICE_KEY", &self.service_key),
+            ("CHAT_JWT_SECRET", &self.jwt_secret),
+        ] {
+            if secret
+                .as_deref()
+                .is_some_and(|s| !s.is_empty() && s.len() < MIN_SECRET_BYTES)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at least {MIN_SECRET_BYTES} bytes (try: openssl rand -hex 32)"
+                )));
+            }
+        }
+        if self.service_key.is_some() && self.service_key == self.jwt_secret {
             return Err(ConfigError::Invalid(
-                "CHAT_JWT_SECRET must be at least 16 bytes".into(),
+                "CHAT_SERVICE_KEY and CHAT_JWT_SECRET must differ: whoever holds the service key must not be able to sign tokens".into(),
             ));
         }
         if self.rate_per_sec == 0 || self.rate_burst == 0 {
             return Err(ConfigError::Invalid(
                 "CHAT_RATE_PER_SEC and CHAT_RATE_BURST must be at least 1".into(),
+            ));
+        }
+        if self.request_rate_per_sec == 0 || self.request_rate_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "CHAT_REQUEST_RATE_PER_SEC and CHAT_REQUEST_RATE_BURST must be at least 1".into(),
+            ));
+        }
+        if self.write_timeout_secs == 0 || self.max_token_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "CHAT_WRITE_TIMEOUT_SECS and CHAT_MAX_TOKEN_TTL_SECS must be at least 1".into(),
             ));
         }
         if self.max_connections_per_user == 0 || self.max_batch == 0 {
@@ -161,14 +230,30 @@ impl Config {
         Duration::from_secs(self.auth_timeout_secs)
     }
 
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
+    }
+
     /// Allowed origins, trimmed, without empty entries.
     pub fn origins(&self) -> Vec<String> {
-        self.allowed_origins
-            .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
-            .collect()
+        clean_origins(&self.allowed_origins)
     }
+
+    /// Origins that may frame the page: `CHAT_FRAME_ANCESTORS`, else the allowed origins.
+    pub fn frame_ancestors(&self) -> Vec<String> {
+        match &self.frame_ancestors {
+            Some(list) => clean_origins(list),
+            None => self.origins(),
+        }
+    }
+}
+
+/// Origins trimmed, lower-case, without a trailing slash or empty entries.
+fn clean_origins(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+        .filter(|o| !o.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -184,14 +269,14 @@ mod tests {
     #[test]
     fn refuses_to_start_without_secrets_unless_demo() {
         // Flags only: the test must not depend on this process's environment.
-        let c = parse(&["--service-key", "k"]);
+        let c = parse(&["--service-key", KEY]);
         if std::env::var_os("CHAT_JWT_SECRET").is_none() {
             assert!(matches!(
                 c.validate(),
                 Err(ConfigError::Missing("CHAT_JWT_SECRET"))
             ));
         }
-        let c = parse(&["--jwt-secret", "0123456789abcdef0123"]);
+        let c = parse(&["--jwt-secret", SECRET]);
         if std::env::var_os("CHAT_SERVICE_KEY").is_none() {
             assert!(matches!(
                 c.validate(),
@@ -200,9 +285,37 @@ mod tests {
         }
         assert!(parse(&["--demo"]).validate().is_ok());
         assert!(
-            parse(&["--service-key", "k", "--jwt-secret", "0123456789abcdef0123"])
+            parse(&["--service-key", KEY, "--jwt-secret", SECRET])
                 .validate()
                 .is_ok()
+        );
+    }
+
+    const KEY: &str = "a-service-key-of-32-bytes-or-more-0123";
+    const SECRET: &str = "a-jwt-secret-of-32-bytes-or-more-01234";
+
+    #[test]
+    fn weak_or_shared_secrets_are_refused() {
+        let one_byte = parse(&["--service-key", "k", "--jwt-secret", SECRET]).validate();
+        assert!(
+            matches!(&one_byte, Err(ConfigError::Invalid(m)) if m.contains("CHAT_SERVICE_KEY")),
+            "{one_byte:?}"
+        );
+        let short_jwt = parse(&["--service-key", KEY, "--jwt-secret", &SECRET[..31]]).validate();
+        assert!(
+            matches!(&short_jwt, Err(ConfigError::Invalid(m)) if m.contains("CHAT_JWT_SECRET")),
+            "{short_jwt:?}"
+        );
+        let same = parse(&["--service-key", KEY, "--jwt-secret", KEY]).validate();
+        assert!(
+            matches!(&same, Err(ConfigError::Invalid(m)) if m.contains("differ")),
+            "{same:?}"
+        );
+        assert!(
+            parse(&["--demo", "--service-key", "short"])
+                .validate()
+                .is_err(),
+            "a key given in demo mode must be strong too"
         );
     }
 
@@ -232,5 +345,12 @@ mod tests {
             c.origins(),
             vec!["https://a.example", "http://b.example:8080"]
         );
+        assert_eq!(
+            c.frame_ancestors(),
+            c.origins(),
+            "default: the allowed origins"
+        );
+        let framed = parse(&["--demo", "--frame-ancestors", "https://Host.example/"]);
+        assert_eq!(framed.frame_ancestors(), vec!["https://host.example"]);
     }
 }

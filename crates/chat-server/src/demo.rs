@@ -5,7 +5,9 @@ use actix_web::{HttpResponse, web};
 use chat_domain::UserId;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{parse_json, parse_user, token_for};
+use crate::api::{parse_user, read_json, resource, token_for};
+use chat_domain::protocol::ApiErrorCode;
+
 use crate::error::ServerError;
 use crate::state::AppState;
 
@@ -24,8 +26,8 @@ struct DemoLogin {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/demo/config", web::get().to(config))
-        .route("/demo/token", web::post().to(token));
+    cfg.service(resource("/demo/config").route(web::get().to(config)))
+        .service(resource("/demo/token").route(web::post().to(token)));
 }
 
 pub fn users() -> Vec<UserId> {
@@ -40,13 +42,16 @@ async fn config(state: web::Data<AppState>) -> Result<HttpResponse, ServerError>
     Ok(HttpResponse::Ok().json(DemoConfig { demo: true, users }))
 }
 
-async fn token(body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, ServerError> {
+async fn token(
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ServerError> {
     let users = state.demo_users.as_deref().ok_or(ServerError::NotFound)?;
-    let login: DemoLogin = parse_json(&body)?;
+    let login: DemoLogin = read_json(body).await?;
     let user = parse_user(&login.user_id)?;
     if !users.contains(&user) {
         return Err(ServerError::Unprocessable {
-            code: "not_a_demo_user",
+            code: ApiErrorCode::NotADemoUser,
             message: "demo users are alice and bob".into(),
         });
     }

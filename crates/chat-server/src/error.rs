@@ -3,8 +3,8 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use chat_domain::DomainError;
-use chat_domain::protocol::ErrorCode;
 use chat_domain::protocol::api::{ApiError, ApiErrorBody};
+use chat_domain::protocol::{ApiErrorCode, ErrorCode};
 use chat_store::StoreError;
 
 use crate::writer::WriteError;
@@ -14,13 +14,19 @@ pub enum ServerError {
     #[error("missing or wrong service key")]
     Unauthorized,
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ApiErrorCode, message: String },
     #[error("{message}")]
-    Unprocessable { code: &'static str, message: String },
+    Unprocessable { code: ApiErrorCode, message: String },
+    #[error("{0}")]
+    OriginNotAllowed(&'static str),
     #[error("unknown room")]
     UnknownRoom,
     #[error("not found")]
     NotFound,
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    #[error("request body over 16 KiB")]
+    PayloadTooLarge,
     #[error(transparent)]
     Rule(#[from] DomainError),
     #[error("rate limited")]
@@ -62,9 +68,12 @@ impl ServerError {
     pub fn wire_code(&self) -> ErrorCode {
         match self {
             Self::Unauthorized => ErrorCode::Unauthorized,
-            Self::BadRequest { .. } | Self::Unprocessable { .. } | Self::NotFound => {
-                ErrorCode::InvalidFrame
-            }
+            Self::BadRequest { .. }
+            | Self::Unprocessable { .. }
+            | Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::PayloadTooLarge => ErrorCode::InvalidFrame,
+            Self::OriginNotAllowed(_) => ErrorCode::Unauthorized,
             Self::UnknownRoom => ErrorCode::UnknownRoom,
             Self::Rule(rule) => rule.wire_code(),
             Self::RateLimited => ErrorCode::RateLimited,
@@ -72,18 +81,22 @@ impl ServerError {
         }
     }
 
-    /// The `code` of a service API error body.
+    /// The `code` of a service API error body: a domain rule's own code, else the API's.
     fn api_code(&self) -> &'static str {
-        match self {
-            Self::Unauthorized => "unauthorized",
-            Self::BadRequest { code, .. } | Self::Unprocessable { code, .. } => code,
-            Self::UnknownRoom => "unknown_room",
-            Self::NotFound => "not_found",
-            Self::Rule(rule) => rule.code(),
-            Self::RateLimited => "rate_limited",
-            Self::Unavailable => "unavailable",
-            Self::Internal => "internal",
-        }
+        let code = match self {
+            Self::Rule(rule) => return rule.code(),
+            Self::Unauthorized => ApiErrorCode::Unauthorized,
+            Self::BadRequest { code, .. } | Self::Unprocessable { code, .. } => *code,
+            Self::OriginNotAllowed(_) => ApiErrorCode::OriginNotAllowed,
+            Self::UnknownRoom => ApiErrorCode::UnknownRoom,
+            Self::NotFound => ApiErrorCode::NotFound,
+            Self::MethodNotAllowed => ApiErrorCode::MethodNotAllowed,
+            Self::PayloadTooLarge => ApiErrorCode::PayloadTooLarge,
+            Self::RateLimited => ApiErrorCode::RateLimited,
+            Self::Unavailable => ApiErrorCode::Unavailable,
+            Self::Internal => ApiErrorCode::Internal,
+        };
+        code.as_str()
     }
 }
 
@@ -91,9 +104,12 @@ impl ResponseError for ServerError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unprocessable { .. } | Self::Rule(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnknownRoom | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -15,6 +15,7 @@ pub mod origin;
 pub mod ratelimit;
 pub mod registry;
 pub mod state;
+pub mod tcp;
 pub mod writer;
 pub mod ws;
 
@@ -28,7 +29,7 @@ use chat_store::{Backend, StoreConfig};
 use crate::auth::{ServiceKey, TokenKeys, random_secret};
 use crate::config::Config;
 use crate::origin::OriginPolicy;
-use crate::ratelimit::SendLimiter;
+use crate::ratelimit::{KeyFailures, RequestLimiter, SendLimiter};
 use crate::registry::{RegistryConfig, RegistryHandle};
 use crate::state::{AppState, now};
 use crate::writer::WriterHandle;
@@ -55,12 +56,18 @@ const MAILBOX_CAPACITY: usize = 256;
 const WRITER_QUEUE: usize = 8192;
 /// How long shutdown waits for sockets to close and writes to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Blocking threads of the core runtime at most. SQLite runs every statement on one
+/// (diesel-async's `SyncConnectionWrapper`), as does the WAL checkpointer every 250 ms;
+/// tokio's default of 512 let an abusive load leave 23 idle threads and 126 MB behind
+/// (issue 8, D9). The pool (8 by default) plus the checkpointer and migrations fit.
+const MAX_BLOCKING_THREADS: usize = 16;
 
 /// Runs the server until SIGTERM or SIGINT. Blocks the calling thread.
 pub fn run(config: Config) -> Result<(), StartError> {
     config.validate()?;
     let core = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .thread_name("chat-core")
         .enable_all()
         .build()?;
@@ -119,14 +126,24 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     let (writer, writer_tasks) =
         WriterHandle::spawn(store.clone(), writers, config.max_batch, WRITER_QUEUE);
     let limiter = SendLimiter::new(config.rate_per_sec, config.rate_burst);
-    let housekeeping = limiter.spawn_housekeeping();
+    let requests = RequestLimiter::new(config.request_rate_per_sec, config.request_rate_burst);
+    let key_failures = std::sync::Arc::new(KeyFailures::default());
+    let housekeeping = ratelimit::spawn_housekeeping(&limiter, &requests, &key_failures);
     drop(_enter);
 
+    let frame_ancestors = config.frame_ancestors();
     let state = web::Data::new(AppState {
-        tokens: TokenKeys::new(config.jwt_secret.as_deref().unwrap_or_default().as_bytes()),
+        tokens: TokenKeys::new(
+            config.jwt_secret.as_deref().unwrap_or_default().as_bytes(),
+            config.max_token_ttl_secs,
+        ),
         service_key: ServiceKey::new(config.service_key.as_deref().unwrap_or_default()),
         origins: OriginPolicy::new(config.origins()),
         limiter,
+        requests,
+        key_failures,
+        page_csp: assets::content_security_policy(&frame_ancestors),
+        frame_ancestors,
         registry: registry.clone(),
         writer,
         store: store.clone(),
@@ -139,12 +156,13 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
-            .app_data(web::PayloadConfig::new(16 * 1024))
             .configure(api::configure)
             .configure(demo::configure)
             .configure(ws::configure)
+            .configure(assets::configure)
             .default_service(web::get().to(assets::serve))
     })
+    .on_connect(tcp::on_connect(config.write_timeout()))
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
     if let Some(workers) = config.workers {

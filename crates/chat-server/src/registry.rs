@@ -8,6 +8,11 @@
 //! full is too slow to read and is closed (1008 `slow_consumer`) rather than buffered without
 //! limit. A frame is serialised once per event and shared by every connection it goes to.
 //!
+//! A kicked connection keeps its entry, and so its place under the per-user cap, until its
+//! guard is dropped, which happens only when its socket is really gone (`ws/outbox.rs`): a
+//! client that stops reading cannot open fresh connections beside the stuck ones (issue 8,
+//! D2).
+//!
 //! Its state is rebuildable: it holds only live connections; rooms and members come with
 //! each event. If it ever falls behind the bus it closes every connection with 1013 and the
 //! clients catch up from the database.
@@ -16,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytestring::ByteString;
-use chat_domain::protocol::{ServerFrame, close};
+use chat_domain::protocol::{Close, ServerFrame};
 use chat_domain::{RoomSummary, UserId};
 use chat_store::StoreEvent;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -35,19 +40,12 @@ pub enum Kick {
 }
 
 impl Kick {
-    pub fn close_code(self) -> u16 {
+    /// How the connection is closed.
+    pub fn close(self) -> Close {
         match self {
-            Self::SlowConsumer => close::POLICY_VIOLATION,
-            Self::Shutdown => close::GOING_AWAY,
-            Self::Resync => close::TRY_AGAIN_LATER,
-        }
-    }
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::SlowConsumer => "slow_consumer",
-            Self::Shutdown => "server_shutdown",
-            Self::Resync => "resync",
+            Self::SlowConsumer => Close::SlowConsumer,
+            Self::Shutdown => Close::ServerShutdown,
+            Self::Resync => Close::Resync,
         }
     }
 }
@@ -78,6 +76,11 @@ struct Conn {
 }
 
 impl Conn {
+    /// Kicked connections stay listed (they count against the cap) but get nothing more.
+    fn kicked(&self) -> bool {
+        self.kick.is_none()
+    }
+
     fn kick(&mut self, why: Kick) {
         if let Some(kick) = self.kick.take() {
             let _ = kick.send(why);
@@ -265,9 +268,6 @@ impl Registry {
             return Err(RegisterError::ShuttingDown);
         }
         let conns = self.users.entry(user.clone()).or_default();
-        // Entries of connections that ended without deregistering (their mailbox is closed)
-        // do not count against the cap.
-        conns.retain(|c| !c.mailbox.is_closed());
         if conns.len() >= self.config.max_connections_per_user {
             return Err(RegisterError::TooManyConnections);
         }
@@ -338,31 +338,22 @@ impl Registry {
 
     fn deliver(&mut self, users: &[UserId], frame: &ServerFrame) {
         let mut text: Option<ByteString> = None;
-        let mut removed = false;
         for user in users {
             let Some(conns) = self.users.get_mut(user) else {
                 continue;
             };
             let text = text.get_or_insert_with(|| ByteString::from(frame.to_json()));
-            conns.retain_mut(|conn| match conn.mailbox.try_send(text.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(user = %user, conn = conn.id, "mailbox full; closing slow connection");
-                    conn.kick(Kick::SlowConsumer);
-                    removed = true;
-                    false
+            for conn in conns.iter_mut().filter(|c| !c.kicked()) {
+                match conn.mailbox.try_send(text.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::warn!(user = %user, conn = conn.id, "mailbox full; closing slow connection");
+                        conn.kick(Kick::SlowConsumer);
+                    }
+                    // The task has ended; the entry goes when its socket does.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    removed = true;
-                    false
-                }
-            });
-            if conns.is_empty() {
-                self.users.remove(user);
             }
-        }
-        if removed {
-            self.publish_count();
         }
     }
 }
@@ -457,7 +448,7 @@ mod tests {
             assert!(frame.contains(&format!(r#""seq":{seq}"#)));
         }
         assert_eq!(slow.kicked.await.ok(), Some(Kick::SlowConsumer));
-        assert_eq!(Kick::SlowConsumer.close_code(), 1008);
+        assert_eq!(Kick::SlowConsumer.close().code(), 1008);
     }
 
     #[tokio::test]
@@ -484,6 +475,32 @@ mod tests {
             registry.register(user("alice")).await.is_ok(),
             "the guard deregistered on drop"
         );
+    }
+
+    #[tokio::test]
+    async fn a_kicked_connection_counts_against_the_cap_until_its_guard_drops() {
+        let (registry, bus) = start(1, 1);
+        let stuck = registry
+            .register(user("bob"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        bus.publish(message_event(1));
+        bus.publish(message_event(2));
+        let Registration {
+            kicked,
+            guard,
+            mailbox,
+            ..
+        } = stuck;
+        assert_eq!(kicked.await.ok(), Some(Kick::SlowConsumer));
+        // The task ended (mailbox gone) but the socket lingers (guard held): still counted.
+        drop(mailbox);
+        assert_eq!(
+            registry.register(user("bob")).await.err(),
+            Some(RegisterError::TooManyConnections)
+        );
+        drop(guard);
+        assert!(registry.register(user("bob")).await.is_ok());
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use chat_store::Repository;
 use crate::auth::{ServiceKey, TokenKeys};
 use crate::config::Config;
 use crate::origin::OriginPolicy;
-use crate::ratelimit::SendLimiter;
+use crate::ratelimit::{KeyFailures, RequestLimiter, SendLimiter};
 use crate::registry::RegistryHandle;
 use crate::writer::WriterHandle;
 
@@ -19,6 +19,13 @@ pub struct AppState {
     pub tokens: TokenKeys,
     pub service_key: ServiceKey,
     pub limiter: SendLimiter,
+    /// Budgets of the other request types, per user.
+    pub requests: RequestLimiter,
+    /// Failed service-key attempts, per client address.
+    pub key_failures: Arc<KeyFailures>,
+    /// Origins that may frame the page (`CHAT_FRAME_ANCESTORS`), and the page's CSP.
+    pub frame_ancestors: Vec<String>,
+    pub page_csp: String,
     pub origins: OriginPolicy,
     /// The core runtime: store calls, writers and the registry run there, so database
     /// connections live on one multi-threaded runtime whatever HTTP worker asked for them.

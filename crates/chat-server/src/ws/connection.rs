@@ -1,11 +1,16 @@
-//! One WebSocket connection: a task that owns its socket and a bounded mailbox from the
-//! registry, in one `select!` loop with a heartbeat.
+//! One WebSocket connection: a task that owns its socket, an [`Outbox`] of frames to write,
+//! and a bounded mailbox from the registry, in one `select!` loop with a heartbeat.
 //!
 //! Life of a connection: `auth` within the deadline, then register with the registry (which
 //! starts filling the mailbox), then `ready` with the user's rooms, then serve. Requests
-//! (send, seen, history) run concurrently, at most [`MAX_IN_FLIGHT`] at once; past that the
+//! (send, seen, history) run concurrently, at most [`MAX_IN_FLIGHT`] at once (of which at
+//! most [`MAX_HISTORY_IN_FLIGHT`] history reads); past that, or while the outbox is full, the
 //! task stops reading the socket until one finishes, so a fast client is slowed by TCP rather
 //! than buffered in memory.
+//!
+//! The loop never waits on the socket: writes go through the outbox (see `outbox.rs` for why
+//! and for the bounds), so kicks, token expiry, the heartbeat and the write deadline are
+//! always noticed, also when the peer stops reading.
 //!
 //! A successful send is not answered here: the sender's copy comes back through the
 //! registry like everyone else's, after the commit. Only errors and de-duplicated retries
@@ -14,11 +19,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{
-    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session,
-};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, ProtocolError, Session};
 use bytestring::ByteString;
-use chat_domain::protocol::{ClientFrame, ErrorCode, ServerFrame, close};
+use chat_domain::protocol::{ClientFrame, Close, ErrorCode, ServerFrame};
 use chat_domain::{Body, ClientMsgId, HistoryPage, Message, NewMessage, RoomId, Seq, UserId};
 use chat_store::Appended;
 use futures_util::StreamExt;
@@ -26,25 +29,20 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
+use super::outbox::{Flow, Frame, Outbox, WriteFailed};
 use crate::auth::{AuthError, Verified};
 use crate::error::ServerError;
+use crate::ratelimit::RequestKind;
 use crate::registry::{Kick, RegisterError, Registration};
 use crate::state::{AppState, now};
 
 /// Requests of one connection being processed at once.
 pub const MAX_IN_FLIGHT: usize = 64;
-
-/// How a connection ends, and what the client is told.
-struct Closing {
-    code: u16,
-    reason: &'static str,
-}
-
-impl Closing {
-    fn new(code: u16, reason: &'static str) -> Self {
-        Self { code, reason }
-    }
-}
+/// History reads of one connection being processed at once: each reply may be ~250 KB, so
+/// this, not [`MAX_IN_FLIGHT`], bounds what finished reads can queue.
+pub const MAX_HISTORY_IN_FLIGHT: usize = 4;
+/// How long a close frame may wait for the socket once the connection is ending.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 enum Done {
     Sent {
@@ -61,11 +59,17 @@ enum Done {
     },
 }
 
-pub async fn run(state: Arc<AppState>, mut session: Session, mut stream: AggregatedMessageStream) {
-    let verified = match authenticate(&state, &mut session, &mut stream).await {
+pub async fn run(
+    state: Arc<AppState>,
+    mut session: Session,
+    mut stream: AggregatedMessageStream,
+    flow: Arc<Flow>,
+) {
+    let mut outbox = Outbox::new(flow.clone(), state.config.write_timeout());
+    let verified = match authenticate(&state, &mut outbox, &mut session, &mut stream).await {
         Ok(verified) => verified,
-        Err(closing) => {
-            finish(session, closing).await;
+        Err(close) => {
+            finish(session, outbox, close).await;
             return;
         }
     };
@@ -73,24 +77,30 @@ pub async fn run(state: Arc<AppState>, mut session: Session, mut stream: Aggrega
     let registration = match state.registry.register(user.clone()).await {
         Ok(registration) => registration,
         Err(RegisterError::TooManyConnections) => {
-            let frame = ServerFrame::error(
-                ErrorCode::RateLimited,
-                "too many connections for this user",
-                None,
+            outbox.push_text(
+                ServerFrame::error(
+                    ErrorCode::RateLimited,
+                    "too many connections for this user",
+                    None,
+                )
+                .to_json(),
             );
-            let _ = session.text(frame.to_json()).await;
-            finish(
-                session,
-                Closing::new(close::TRY_AGAIN_LATER, "too_many_connections"),
-            )
-            .await;
+            finish(session, outbox, Close::TooManyConnections).await;
             return;
         }
         Err(RegisterError::ShuttingDown) => {
-            finish(session, Closing::new(close::GOING_AWAY, "server_shutdown")).await;
+            finish(session, outbox, Close::ServerShutdown).await;
             return;
         }
     };
+    let Registration {
+        id: conn_id,
+        mailbox,
+        kicked,
+        guard,
+    } = registration;
+    // The slot is released when both this task and the socket are gone (outbox.rs).
+    flow.hold(guard);
     let rooms_user = user.clone();
     let rooms = match state
         .store_call(|store| async move { store.rooms_of(&rooms_user).await })
@@ -98,81 +108,86 @@ pub async fn run(state: Arc<AppState>, mut session: Session, mut stream: Aggrega
     {
         Ok(rooms) => rooms,
         Err(error) => {
-            let frame = ServerFrame::error(error.wire_code(), error.to_string(), None);
-            let _ = session.text(frame.to_json()).await;
-            finish(session, Closing::new(1011, "internal")).await;
+            outbox.push_text(
+                ServerFrame::error(error.wire_code(), error.to_string(), None).to_json(),
+            );
+            finish(session, outbox, Close::Internal).await;
             return;
         }
     };
-    tracing::info!(user = %user, conn = registration.id, rooms = rooms.len(), "connection ready");
-    if session
-        .text(
-            ServerFrame::Ready {
-                user_id: user.clone(),
-                rooms,
-            }
-            .to_json(),
-        )
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let conn_id = registration.id;
+    tracing::info!(user = %user, conn = conn_id, rooms = rooms.len(), "connection ready");
+    outbox.push_text(
+        ServerFrame::Ready {
+            user_id: user.clone(),
+            rooms,
+        }
+        .to_json(),
+    );
     let mut connection = Connection {
         state,
         session,
         user,
+        outbox,
         pending: FuturesUnordered::new(),
+        history_in_flight: 0,
     };
-    let closing = connection
-        .serve(&mut stream, registration, verified.expires_at)
+    let close = connection
+        .serve(&mut stream, mailbox, kicked, verified.expires_at)
         .await;
-    tracing::info!(user = %connection.user, conn = conn_id, code = closing.as_ref().map(|c| c.code), reason = closing.as_ref().map(|c| c.reason), "connection closed");
-    if let Some(closing) = closing {
-        finish(connection.session, closing).await;
+    tracing::info!(user = %connection.user, conn = conn_id, code = close.map(Close::code), reason = close.map(Close::reason), "connection closed");
+    if let Some(close) = close {
+        finish(connection.session, connection.outbox, close).await;
     }
 }
 
-async fn finish(session: Session, closing: Closing) {
-    let reason = CloseReason {
-        code: CloseCode::from(closing.code),
-        description: Some(closing.reason.to_owned()),
+/// Writes what is queued (unless the peer is too slow to read it), then the close frame, each
+/// within a deadline: ending a connection never waits on its peer for long.
+async fn finish(mut session: Session, mut outbox: Outbox, close: Close) {
+    if close != Close::SlowConsumer && outbox.flush(&mut session).await.is_err() {
+        return;
+    }
+    let reason = actix_ws::CloseReason {
+        code: CloseCode::from(close.code()),
+        description: Some(close.reason().to_owned()),
     };
-    let _ = session.close(Some(reason)).await;
-}
-
-async fn send_frame(session: &mut Session, frame: &ServerFrame) -> bool {
-    session.text(frame.to_json()).await.is_ok()
+    let _ = tokio::time::timeout(CLOSE_GRACE, session.close(Some(reason))).await;
 }
 
 /// Waits for the `auth` frame. Anything else first, a bad token, or the deadline closes the
 /// connection with 1008.
 async fn authenticate(
     state: &AppState,
+    outbox: &mut Outbox,
     session: &mut Session,
     stream: &mut AggregatedMessageStream,
-) -> Result<Verified, Closing> {
+) -> Result<Verified, Close> {
     let deadline = tokio::time::sleep(state.config.auth_timeout());
     tokio::pin!(deadline);
+    let refuse = |outbox: &mut Outbox, message: String, close: Close| {
+        outbox.push_text(ServerFrame::error(ErrorCode::Unauthorized, message, None).to_json());
+        Err(close)
+    };
     loop {
         let message = tokio::select! {
             _ = &mut deadline => {
                 tracing::info!("auth deadline passed");
-                let frame = ServerFrame::error(ErrorCode::Unauthorized, "no auth frame in time", None);
-                let _ = send_frame(session, &frame).await;
-                return Err(Closing::new(close::POLICY_VIOLATION, "auth_timeout"));
+                return refuse(outbox, "no auth frame in time".into(), Close::AuthTimeout);
             }
-            message = stream.recv() => message,
+            // Pongs to a client's pings: the only writes before auth, bounded like any other.
+            _ = outbox.window_open(), if outbox.has_frames() => {
+                match outbox.write_next(session).await {
+                    Ok(()) => continue,
+                    Err(WriteFailed::Closed) => return Err(Close::Bye),
+                    Err(WriteFailed::Stalled) => return Err(Close::SlowConsumer),
+                }
+            }
+            message = stream.recv(), if outbox.has_room() => message,
         };
         let text = match message {
-            None | Some(Ok(AggregatedMessage::Close(_))) => return Err(Closing::new(1000, "bye")),
-            Some(Err(ProtocolError::Overflow)) => {
-                return Err(Closing::new(close::MESSAGE_TOO_BIG, "frame_too_big"));
-            }
-            Some(Err(_)) => return Err(Closing::new(1002, "protocol_error")),
+            None | Some(Ok(AggregatedMessage::Close(_))) => return Err(Close::Bye),
+            Some(Err(error)) => return Err(protocol_failure(&error)),
             Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                let _ = session.pong(&bytes).await;
+                outbox.push(Frame::Pong(bytes));
                 continue;
             }
             Some(Ok(AggregatedMessage::Pong(_))) => continue,
@@ -183,29 +198,40 @@ async fn authenticate(
             Some(Ok(ClientFrame::Auth { token })) => token,
             _ => {
                 tracing::info!("first frame was not auth");
-                let frame = ServerFrame::error(
-                    ErrorCode::Unauthorized,
-                    "the first frame must be auth",
-                    None,
+                return refuse(
+                    outbox,
+                    "the first frame must be auth".into(),
+                    Close::Unauthorized,
                 );
-                let _ = send_frame(session, &frame).await;
-                return Err(Closing::new(close::POLICY_VIOLATION, "unauthorized"));
             }
         };
-        return match state.tokens.verify(&token) {
+        return match state.tokens.verify(&token, now()) {
             Ok(verified) => Ok(verified),
             Err(error) => {
                 tracing::info!(%error, "auth failed");
-                let reason = if error == AuthError::Expired {
-                    "token_expired"
+                let close = if error == AuthError::Expired {
+                    Close::TokenExpired
                 } else {
-                    "unauthorized"
+                    Close::Unauthorized
                 };
-                let frame = ServerFrame::error(ErrorCode::Unauthorized, error.to_string(), None);
-                let _ = send_frame(session, &frame).await;
-                Err(Closing::new(close::POLICY_VIOLATION, reason))
+                refuse(outbox, error.to_string(), close)
             }
         };
+    }
+}
+
+/// The close for a stream error. An over-long frame, or a fragmented message whose parts add
+/// up to more than the limit, is 1009 `frame_too_big`: actix-ws reports the second case as a
+/// generic error with its own wording, so both are recognised here.
+fn protocol_failure(error: &ProtocolError) -> Close {
+    let too_big = matches!(error, ProtocolError::Overflow)
+        || matches!(error, ProtocolError::Io(io) if io.to_string().contains("continuation") && io.to_string().contains("size"));
+    if too_big {
+        tracing::info!("frame over the size limit");
+        Close::FrameTooBig
+    } else {
+        tracing::info!(%error, "protocol error");
+        Close::ProtocolError
     }
 }
 
@@ -213,7 +239,9 @@ struct Connection {
     state: Arc<AppState>,
     session: Session,
     user: UserId,
+    outbox: Outbox,
     pending: FuturesUnordered<LocalBoxFuture<'static, Done>>,
+    history_in_flight: usize,
 }
 
 impl Connection {
@@ -221,15 +249,10 @@ impl Connection {
     async fn serve(
         &mut self,
         stream: &mut AggregatedMessageStream,
-        registration: Registration,
+        mut mailbox: tokio::sync::mpsc::Receiver<ByteString>,
+        mut kicked: tokio::sync::oneshot::Receiver<Kick>,
         expires_at: i64,
-    ) -> Option<Closing> {
-        let Registration {
-            mut mailbox,
-            mut kicked,
-            guard: _guard,
-            ..
-        } = registration;
+    ) -> Option<Close> {
         let ping_every = self.state.config.ping_interval();
         let idle_limit = self.state.config.idle_timeout();
         let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -239,74 +262,69 @@ impl Connection {
         tokio::pin!(expiry);
 
         loop {
+            let stall = self.outbox.stall_deadline();
+            let reading = self.pending.len() < MAX_IN_FLIGHT
+                && self.history_in_flight < MAX_HISTORY_IN_FLIGHT
+                && self.outbox.has_room();
             tokio::select! {
                 biased;
                 kick = &mut kicked => {
-                    let why = kick.unwrap_or(Kick::Shutdown);
-                    return Some(Closing::new(why.close_code(), why.reason()));
+                    return Some(kick.unwrap_or(Kick::Shutdown).close());
                 }
-                _ = &mut expiry => {
-                    return Some(Closing::new(close::POLICY_VIOLATION, "token_expired"));
+                _ = &mut expiry => return Some(Close::TokenExpired),
+                _ = tokio::time::sleep_until(stall.unwrap_or_else(Instant::now)), if stall.is_some() => {
+                    if self.outbox.stalled() {
+                        tracing::info!(user = %self.user, "peer took nothing for the write timeout; closing");
+                        return Some(Close::SlowConsumer);
+                    }
                 }
-                frame = mailbox.recv() => match frame {
-                    Some(text) => if self.session.text(text).await.is_err() { return None },
-                    None => return Some(Closing::new(close::POLICY_VIOLATION, Kick::SlowConsumer.reason())),
+                _ = self.outbox.window_open(), if self.outbox.has_frames() => {
+                    match self.outbox.write_next(&mut self.session).await {
+                        Ok(()) => {}
+                        Err(WriteFailed::Closed) => return None,
+                        Err(WriteFailed::Stalled) => return Some(Close::SlowConsumer),
+                    }
+                }
+                frame = mailbox.recv(), if self.outbox.has_room() => match frame {
+                    Some(text) => self.outbox.push_text(text),
+                    None => return Some(Close::SlowConsumer),
                 },
-                Some(done) = self.pending.next() => {
-                    if !self.on_done(done).await { return None }
-                }
-                message = stream.recv(), if self.pending.len() < MAX_IN_FLIGHT => {
+                Some(done) = self.pending.next() => self.on_done(done),
+                message = stream.recv(), if reading => {
                     last_heard = Instant::now();
                     match message {
                         None => return None,
-                        Some(Ok(AggregatedMessage::Close(_))) => return Some(Closing::new(1000, "bye")),
-                        Some(Err(ProtocolError::Overflow)) => {
-                            tracing::info!(user = %self.user, "frame over the size limit");
-                            return Some(Closing::new(close::MESSAGE_TOO_BIG, "frame_too_big"));
-                        }
-                        Some(Err(error)) => {
-                            tracing::info!(user = %self.user, %error, "protocol error");
-                            return Some(Closing::new(1002, "protocol_error"));
-                        }
-                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                            if self.session.pong(&bytes).await.is_err() { return None }
-                        }
+                        Some(Ok(AggregatedMessage::Close(_))) => return Some(Close::Bye),
+                        Some(Err(error)) => return Some(protocol_failure(&error)),
+                        Some(Ok(AggregatedMessage::Ping(bytes))) => self.outbox.push(Frame::Pong(bytes)),
                         Some(Ok(AggregatedMessage::Pong(_))) => {}
                         Some(Ok(AggregatedMessage::Binary(_))) => {
-                            if !self.error(ErrorCode::InvalidFrame, "binary frames are not supported; send JSON text", None).await {
-                                return None;
-                            }
+                            self.error(ErrorCode::InvalidFrame, "binary frames are not supported; send JSON text", None);
                         }
-                        Some(Ok(AggregatedMessage::Text(text))) => {
-                            if !self.on_text(&text).await { return None }
-                        }
+                        Some(Ok(AggregatedMessage::Text(text))) => self.on_text(&text).await,
                     }
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() >= idle_limit {
-                        return Some(Closing::new(close::GOING_AWAY, "idle_timeout"));
+                        return Some(Close::IdleTimeout);
                     }
-                    if self.session.ping(b"").await.is_err() { return None }
+                    self.outbox.push(Frame::Ping);
                 }
             }
         }
     }
 
-    async fn error(
-        &mut self,
-        code: ErrorCode,
-        message: impl Into<String>,
-        reference: Option<String>,
-    ) -> bool {
-        send_frame(
-            &mut self.session,
-            &ServerFrame::error(code, message, reference),
-        )
-        .await
+    fn error(&mut self, code: ErrorCode, message: impl Into<String>, reference: Option<String>) {
+        self.outbox
+            .push_text(ServerFrame::error(code, message, reference).to_json());
     }
 
-    /// Handles one text frame; false when the socket is gone.
-    async fn on_text(&mut self, text: &ByteString) -> bool {
+    fn reply(&mut self, frame: &ServerFrame) {
+        self.outbox.push_text(frame.to_json());
+    }
+
+    /// Handles one text frame.
+    async fn on_text(&mut self, text: &ByteString) {
         let frame = match serde_json::from_str::<ClientFrame>(text) {
             Ok(frame) => frame,
             Err(error) => {
@@ -317,19 +335,16 @@ impl Connection {
                             .and_then(|c| c.as_str())
                             .map(str::to_owned)
                     });
-                return self
-                    .error(
-                        ErrorCode::InvalidFrame,
-                        format!("invalid frame: {error}"),
-                        reference,
-                    )
-                    .await;
+                return self.error(
+                    ErrorCode::InvalidFrame,
+                    format!("invalid frame: {error}"),
+                    reference,
+                );
             }
         };
         match frame {
             ClientFrame::Auth { .. } => {
-                self.error(ErrorCode::InvalidFrame, "already authenticated", None)
-                    .await
+                self.error(ErrorCode::InvalidFrame, "already authenticated", None);
             }
             ClientFrame::Send {
                 room_id,
@@ -337,8 +352,9 @@ impl Connection {
                 body,
             } => self.on_send(room_id, client_msg_id, body).await,
             ClientFrame::Seen { room_id, up_to_seq } => {
-                self.on_seen(room_id, up_to_seq);
-                true
+                if self.within_budget(RequestKind::Seen) {
+                    self.on_seen(room_id, up_to_seq);
+                }
             }
             ClientFrame::History {
                 room_id,
@@ -347,36 +363,43 @@ impl Connection {
                 limit,
             } => match HistoryPage::from_cursors(before_seq, after_seq, limit) {
                 Ok(page) => {
-                    self.on_history(room_id, page);
-                    true
+                    if self.within_budget(RequestKind::History) {
+                        self.on_history(room_id, page);
+                    }
                 }
-                Err(rule) => {
-                    self.error(ErrorCode::InvalidFrame, rule.to_string(), None)
-                        .await
-                }
+                Err(rule) => self.error(ErrorCode::InvalidFrame, rule.to_string(), None),
             },
         }
     }
 
-    async fn on_send(&mut self, room_id: RoomId, client_msg_id: ClientMsgId, body: String) -> bool {
+    /// Checks the user's budget for a request that is not a send; answers `rate_limited`
+    /// when it is spent.
+    fn within_budget(&mut self, kind: RequestKind) -> bool {
+        if self.state.requests.check(&(self.user.clone(), kind)) {
+            return true;
+        }
+        tracing::debug!(user = %self.user, request = kind.name(), "request rate limited");
+        self.error(
+            ErrorCode::RateLimited,
+            format!("too many {} requests; retry shortly", kind.name()),
+            None,
+        );
+        false
+    }
+
+    async fn on_send(&mut self, room_id: RoomId, client_msg_id: ClientMsgId, body: String) {
         let reference = Some(client_msg_id.to_string());
         let body = match Body::new(body) {
             Ok(body) => body,
-            Err(rule) => {
-                return self
-                    .error(rule.wire_code(), rule.to_string(), reference)
-                    .await;
-            }
+            Err(rule) => return self.error(rule.wire_code(), rule.to_string(), reference),
         };
         if !self.state.limiter.check(&self.user) {
             tracing::debug!(user = %self.user, room = %room_id, "send rate limited");
-            return self
-                .error(
-                    ErrorCode::RateLimited,
-                    "sending too fast; retry shortly",
-                    reference,
-                )
-                .await;
+            return self.error(
+                ErrorCode::RateLimited,
+                "sending too fast; retry shortly",
+                reference,
+            );
         }
         let message = NewMessage {
             room_id,
@@ -395,12 +418,10 @@ impl Connection {
                         result,
                     }
                 }));
-                true
             }
             Err(error) => {
                 let error = ServerError::from(error);
-                self.error(error.wire_code(), error.to_string(), reference)
-                    .await
+                self.error(error.wire_code(), error.to_string(), reference);
             }
         }
     }
@@ -426,6 +447,7 @@ impl Connection {
     fn on_history(&mut self, room_id: RoomId, page: HistoryPage) {
         let state = self.state.clone();
         let user = self.user.clone();
+        self.history_in_flight += 1;
         self.pending.push(Box::pin(async move {
             let room = room_id.clone();
             let result = state
@@ -438,25 +460,22 @@ impl Connection {
         }));
     }
 
-    /// Answers a finished request; false when the socket is gone.
-    async fn on_done(&mut self, done: Done) -> bool {
+    /// Answers a finished request.
+    fn on_done(&mut self, done: Done) {
         match done {
             // The committed message reaches this connection through the registry.
             Done::Sent {
                 result: Ok(Appended::New(_)),
                 ..
-            } => true,
+            } => {}
             // A retry: the stored message goes to the retrying connection only.
             Done::Sent {
                 result: Ok(Appended::Duplicate(message)),
                 ..
-            } => {
-                let frame = ServerFrame::Message {
-                    room_id: message.room_id.clone(),
-                    message,
-                };
-                send_frame(&mut self.session, &frame).await
-            }
+            } => self.reply(&ServerFrame::Message {
+                room_id: message.room_id.clone(),
+                message,
+            }),
             Done::Sent {
                 reference,
                 result: Err(error),
@@ -466,36 +485,28 @@ impl Connection {
                     error.wire_code(),
                     error.to_string(),
                     Some(reference.to_string()),
-                )
-                .await
+                );
             }
-            Done::Seen { result: Ok(()), .. } => true,
+            Done::Seen { result: Ok(()), .. } => {}
             Done::Seen {
                 room,
                 result: Err(error),
             } => {
                 tracing::info!(user = %self.user, room = %room, code = error.wire_code().as_str(), "seen refused");
-                self.error(error.wire_code(), error.to_string(), None).await
+                self.error(error.wire_code(), error.to_string(), None);
             }
-            Done::History {
-                room,
-                result: Ok(messages),
-            } => {
-                send_frame(
-                    &mut self.session,
-                    &ServerFrame::History {
+            Done::History { room, result } => {
+                self.history_in_flight -= 1;
+                match result {
+                    Ok(messages) => self.reply(&ServerFrame::History {
                         room_id: room,
                         messages,
-                    },
-                )
-                .await
-            }
-            Done::History {
-                room,
-                result: Err(error),
-            } => {
-                tracing::info!(user = %self.user, room = %room, code = error.wire_code().as_str(), "history refused");
-                self.error(error.wire_code(), error.to_string(), None).await
+                    }),
+                    Err(error) => {
+                        tracing::info!(user = %self.user, room = %room, code = error.wire_code().as_str(), "history refused");
+                        self.error(error.wire_code(), error.to_string(), None);
+                    }
+                }
             }
         }
     }

@@ -6,7 +6,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -28,11 +27,13 @@ pub enum Db {
     Postgres,
 }
 
-/// Where the server keeps its data; survives server restarts within one test.
+/// Where the server keeps its data; survives server restarts within one test. A PostgreSQL
+/// database comes from `chat_store::testing` (copied from the migrated template, so the
+/// server's own migration run finds nothing to do) and is dropped with this.
 pub struct Database {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
-    pg: Option<(String, String)>,
+    _pg: Option<chat_store::testing::TestDatabase>,
 }
 
 impl Database {
@@ -44,31 +45,15 @@ impl Database {
                 Self {
                     url,
                     _dir: Some(dir),
-                    pg: None,
+                    _pg: None,
                 }
             }
             Db::Postgres => {
-                let admin = std::env::var("DATABASE_URL")
-                    .ok()
-                    .filter(|u| u.starts_with("postgres"))
-                    .expect("PostgreSQL tests need DATABASE_URL=postgres://...: run scripts/test.sh, which starts a throwaway PostgreSQL");
-                static N: AtomicU64 = AtomicU64::new(0);
-                let name = format!(
-                    "chat_server_test_{}_{}_{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::Relaxed),
-                    Instant::now().elapsed().as_nanos() % 1000
-                );
-                psql(&admin, &format!("CREATE DATABASE {name}"));
-                let base = admin
-                    .rsplit_once('/')
-                    .map(|(b, _)| b.to_owned())
-                    .expect("database URL has a path");
-                let url = format!("{base}/{name}");
+                let pg = chat_store::testing::TestDatabase::new();
                 Self {
-                    url,
+                    url: pg.url().to_owned(),
                     _dir: None,
-                    pg: Some((admin, name)),
+                    _pg: Some(pg),
                 }
             }
         }
@@ -77,23 +62,6 @@ impl Database {
     /// Runs SQL against this (PostgreSQL) database.
     pub fn psql(&self, sql: &str) -> String {
         psql(&self.url, sql)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Some((admin, name)) = &self.pg {
-            let _ = Command::new("psql")
-                .args([
-                    admin.as_str(),
-                    "-q",
-                    "-c",
-                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }
 
@@ -115,6 +83,8 @@ pub struct Server {
     child: Child,
     pub addr: String,
     pub db_url: String,
+    /// Every line the server wrote to stderr (its logs), as they come.
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     env: Vec<(String, String)>,
 }
 
@@ -152,9 +122,12 @@ impl Server {
         let mut child = cmd.spawn().expect("chat-server starts");
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[server] {line}");
+                sink.lock().unwrap().push(line);
             }
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -178,8 +151,30 @@ impl Server {
             child,
             addr,
             db_url: db_url.to_owned(),
+            logs,
             env,
         }
+    }
+
+    /// How many log lines so far contain `text`.
+    pub fn log_lines_with(&self, text: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    /// The server's resident memory in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line")
     }
 
     pub fn pid(&self) -> u32 {
@@ -355,6 +350,22 @@ impl Client {
             .await
             .expect("connect in time")?;
         Ok(Self { ws })
+    }
+
+    /// Connects with a 4 KiB receive buffer: a client that will stop reading, and whose
+    /// kernel then stops taking data after a few KiB instead of megabytes.
+    pub async fn connect_slow_reader(server: &Server) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket
+            .connect(server.addr.parse().expect("server address"))
+            .await
+            .expect("TCP connect");
+        let (ws, _) =
+            tokio_tungstenite::client_async(server.ws_url(), MaybeTlsStream::Plain(stream))
+                .await
+                .expect("WebSocket handshake");
+        Self { ws }
     }
 
     pub async fn send(&mut self, frame: Value) {
