@@ -2,8 +2,14 @@
 //
 // Where the token comes from (docs/web.md):
 // 1. the URL fragment `#token=...` (removed from the address bar at once);
-// 2. a `postMessage({type: "matchchat:token", token})` from the parent frame, accepted only
-//    from the origin named by `?parent_origin=` (default: this page's own origin);
+// 2. a `postMessage({type: "matchchat:token", token})` from the parent frame. Embedded, the
+//    page first asks the server which origins may embed it (`GET /embed-config`, the
+//    server's CHAT_FRAME_ANCESTORS); before that answer it neither posts to nor accepts
+//    from the parent. `?parent_origin=` names the parent's origin (default: this page's
+//    own) and is honoured only when it is this page's origin or in that list; otherwise it
+//    is ignored with a console warning and the page talks to no parent at all. A token is
+//    accepted only from `window.parent` and only from exactly that honoured origin, and the
+//    page posts only to it;
 // 3. a call to `window.matchchat.setToken(token)`;
 // 4. in demo mode (`GET /demo/config` answers), the "Chat as alice / bob" buttons.
 
@@ -16,20 +22,64 @@ const gateActions = document.getElementById("gate-actions");
 const chatRoot = document.getElementById("chat");
 
 const params = new URLSearchParams(location.search);
-const parentOrigin = params.get("parent_origin") || location.origin;
 const embedded = window.parent !== window;
 const DEMO_USER_KEY = "matchchat:demo-user";
 
 let client = null;
 let view = null;
 
-function tellParent(message) {
-  if (!embedded) return;
+/** A serialized origin such as `https://app.example.com` (lowercase, no path, no slash). */
+function isOrigin(text) {
+  if (typeof text !== "string") return false;
   try {
-    window.parent.postMessage(message, parentOrigin);
+    return new URL(text).origin === text;
   } catch {
-    /* parent_origin is not a valid origin: nothing to tell */
+    return false;
   }
+}
+
+/** The origins the server lets embed this page besides its own (`GET /embed-config`). */
+async function frameAncestors() {
+  try {
+    const res = await fetch("/embed-config", { headers: { accept: "application/json" } });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const config = await res.json();
+    const list = config && Array.isArray(config.frame_ancestors) ? config.frame_ancestors : [];
+    return list.filter(isOrigin);
+  } catch (e) {
+    console.warn(`matchchat: GET /embed-config failed (${e.message}): only this page's own origin may hand it a token`);
+    return [];
+  }
+}
+
+/**
+ * The parent frame's origin, once the server's list allows it: `?parent_origin=` (default:
+ * this page's origin) if it is this page's origin or in /embed-config's list; else null, and
+ * the page neither posts to nor accepts from its parent.
+ */
+async function trustedParentOrigin() {
+  if (!embedded) return null;
+  const wanted = params.get("parent_origin") || location.origin;
+  const allowed = await frameAncestors();
+  if (wanted === location.origin || allowed.includes(wanted)) return wanted;
+  console.warn(
+    `matchchat: parent_origin ${JSON.stringify(wanted)} ignored: it is neither this page's origin nor one of the server's frame ancestors (CHAT_FRAME_ANCESTORS). No token is accepted from the parent frame and nothing is posted to it.`,
+  );
+  return null;
+}
+
+// Settles once: every postMessage to or from the parent waits for it.
+const parentOrigin = trustedParentOrigin();
+
+function tellParent(message) {
+  parentOrigin.then((origin) => {
+    if (!origin) return;
+    try {
+      window.parent.postMessage(message, origin);
+    } catch {
+      /* the parent went away */
+    }
+  });
 }
 
 function showGate(text, actions = []) {
@@ -78,12 +128,13 @@ window.matchchat = {
   view: null,
 };
 
-// 2. postMessage from the parent frame, from the one origin we trust.
-window.addEventListener("message", (event) => {
+// 2. postMessage from the parent frame, from the one origin we trust (once we know it).
+window.addEventListener("message", async (event) => {
   if (!embedded || event.source !== window.parent) return;
-  if (event.origin !== parentOrigin) return;
-  const data = event.data;
+  const { origin, data } = event;
   if (!data || data.type !== "matchchat:token" || typeof data.token !== "string" || !data.token) return;
+  const trusted = await parentOrigin;
+  if (!trusted || origin !== trusted) return;
   start({ token: data.token });
 });
 

@@ -8,110 +8,33 @@
 //   const client = new ChatClient({ token });
 //   client.addEventListener("change", (e) => render(e.detail));
 //   client.connect();
+//
+// This file is the facade; its parts live next to it and are imported relatively (copy them
+// together): chat-rules.js (limits, body rule, error texts), chat-transport.js (socket,
+// back-off, auth), chat-rooms.js (room state: merge, unread), chat-outbox.js (unconfirmed
+// sends and their persistence).
 
-/** A body holds at most this many Unicode scalar values (JS `[...s].length`). */
-export const MAX_BODY_CHARS = 160;
-/** The history window: a room keeps at most this many stored messages. */
-export const HISTORY_WINDOW = 300;
+import { ChatError, ERROR_TEXT, HISTORY_WINDOW, normalizeNewlines, validateBody } from "./chat-rules.js";
+import { ChatTransport } from "./chat-transport.js";
+import { RoomStore } from "./chat-rooms.js";
+import { Outbox, defaultStorage } from "./chat-outbox.js";
+import { ERROR_CODES } from "./protocol.js";
+
+export {
+  MAX_BODY_CHARS,
+  HISTORY_WINDOW,
+  countChars,
+  normalizeNewlines,
+  validateBody,
+  newClientMsgId,
+  ERROR_TEXT,
+  ChatError,
+} from "./chat-rules.js";
 
 /** Rooms whose newest message is fetched for the room list after connecting. */
 const PREVIEW_ROOMS = 50;
-const AUTH_FAILURE_REASONS = new Set(["unauthorized", "token_expired"]);
-// Rust's `char::is_whitespace` (Unicode White_Space), which the server's blank check uses.
-const BLANK_RE = /^[\t\n\v\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$/u;
-// Rust's `char::is_control` (general category Cc), except "\n".
-const CONTROL_RE = /[\u0000-\u0009\u000B-\u001F\u007F-\u009F]/u;
-
-/** Unicode scalar values in `text`, as the server counts them. */
-export function countChars(text) {
-  let n = 0;
-  for (const _ of text) n += 1;
-  return n;
-}
-
-/** CRLF and lone CR become LF: the server refuses "\r". */
-export function normalizeNewlines(text) {
-  return text.replace(/\r\n?/g, "\n");
-}
-
-/**
- * Checks a body against the server's rule. Returns `{ ok, code, count, reason }` where code is
- * null or one of the server's codes: body_empty, body_too_long, body_invalid.
- */
-export function validateBody(text) {
-  const count = countChars(text);
-  if (BLANK_RE.test(text)) return { ok: false, code: "body_empty", count, reason: "Write something first." };
-  if (count > MAX_BODY_CHARS) {
-    return {
-      ok: false,
-      code: "body_too_long",
-      count,
-      reason: `Too long: ${count} characters, the limit is ${MAX_BODY_CHARS}.`,
-    };
-  }
-  if (CONTROL_RE.test(text)) {
-    return { ok: false, code: "body_invalid", count, reason: "Tabs and control characters can't be sent." };
-  }
-  return { ok: true, code: null, count, reason: "" };
-}
-
-/** A client_msg_id: a UUID (crypto.randomUUID needs a secure context; fall back otherwise). */
-export function newClientMsgId() {
-  const c = globalThis.crypto;
-  if (c && typeof c.randomUUID === "function") {
-    try {
-      return c.randomUUID();
-    } catch {
-      /* not a secure context */
-    }
-  }
-  const b = new Uint8Array(16);
-  if (c && typeof c.getRandomValues === "function") c.getRandomValues(b);
-  else for (let i = 0; i < 16; i += 1) b[i] = Math.floor(Math.random() * 256);
-  b[6] = (b[6] & 0x0f) | 0x40;
-  b[8] = (b[8] & 0x3f) | 0x80;
-  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-}
-
-/** Human text for the server's error codes. */
-export const ERROR_TEXT = {
-  unauthorized: "Not signed in.",
-  not_a_member: "You're not in this conversation.",
-  unknown_room: "This conversation doesn't exist.",
-  body_empty: "Empty messages can't be sent.",
-  body_too_long: `Messages are limited to ${MAX_BODY_CHARS} characters.`,
-  body_invalid: "The message contains characters that can't be sent.",
-  invalid_frame: "The server did not understand the request.",
-  rate_limited: "Sending too fast. Try again in a moment.",
-  room_closed: "This conversation has ended.",
-  internal: "Server error. Try again.",
-};
-
-class ChatError extends Error {
-  constructor(code, message) {
-    super(message || ERROR_TEXT[code] || code);
-    this.name = "ChatError";
-    this.code = code;
-  }
-}
-export { ChatError };
-
-function defaultUrl() {
-  const loc = globalThis.location;
-  if (!loc) throw new Error("ChatClient: no `url` given and no location to derive it from");
-  const u = new URL("/ws", loc.href);
-  u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
-  return u.href;
-}
-
-function defaultStorage() {
-  try {
-    return globalThis.sessionStorage || null;
-  } catch {
-    return null; // blocked (e.g. third-party iframe with storage disabled)
-  }
-}
+/** Errors without a ref that can only answer the history request in flight. */
+const HISTORY_ERRORS = new Set([ERROR_CODES.NOT_A_MEMBER, ERROR_CODES.UNKNOWN_ROOM, ERROR_CODES.INVALID_FRAME, ERROR_CODES.INTERNAL]);
 
 /**
  * The protocol client. Fires (all as CustomEvent with `detail`):
@@ -126,6 +49,12 @@ function defaultStorage() {
  * - "authrequired" {reason}              no valid token and no getToken: call setToken()
  */
 export class ChatClient extends EventTarget {
+  #transport;
+  #rooms = new RoomStore();
+  #outbox;
+  #requestTimeoutMs;
+  #userId = null;
+
   /**
    * @param {object} [options]
    * @param {string} [options.url] WebSocket URL; default `/ws` on this page's origin.
@@ -142,279 +71,146 @@ export class ChatClient extends EventTarget {
    */
   constructor(options = {}) {
     super();
-    this.url = options.url || defaultUrl();
-    this.token = options.token || null;
-    this.getToken = options.getToken || null;
-    this.storage = options.storage === undefined ? defaultStorage() : options.storage;
-    this.minDelayMs = options.minDelayMs ?? 500;
-    this.maxDelayMs = options.maxDelayMs ?? 15000;
-    this.requestTimeoutMs = options.requestTimeoutMs ?? 20000;
-    this.WebSocketImpl = options.WebSocket || globalThis.WebSocket;
+    this.#requestTimeoutMs = options.requestTimeoutMs ?? 20000;
+    this.#outbox = new Outbox(options.storage === undefined ? defaultStorage() : options.storage);
+    this.#transport = new ChatTransport(options, {
+      frame: (frame) => this.#onFrame(frame),
+      down: (why) => this.#onDown(why),
+      emit: (type, detail) => this.#emit(type, detail),
+    });
+  }
 
-    this.state = "idle"; // idle | connecting | open | reconnecting | closed
-    this.userId = null;
-    this.rooms = new Map(); // room_id -> room record (see _room)
-    this.lastClose = null; // {code, reason}
-    this._ws = null;
-    this._wanted = false; // connect() called and not disconnect()ed
-    this._everReady = false;
-    this._attempt = 0;
-    this._timer = null;
-    this._seq = 0; // local creation counter for outbox ordering
-    this._outboxLoadedFor = null;
-    this._opening = false;
-    this._onOnline = () => this._reconnectSoon();
+  /** idle | connecting | open | reconnecting | closed */
+  get state() {
+    return this.#transport.state;
+  }
+
+  /** The signed-in user (from `ready`), or null. */
+  get userId() {
+    return this.#userId;
+  }
+
+  /** The last close of the WebSocket: `{code, reason}`, or null. */
+  get lastClose() {
+    return this.#transport.lastClose;
   }
 
   // ---- connection ---------------------------------------------------------------------
 
   /** Opens the connection (and keeps it open, reconnecting, until disconnect()). */
   connect() {
-    this._wanted = true;
-    if (globalThis.addEventListener) globalThis.addEventListener("online", this._onOnline);
-    if (!this._ws && !this._timer && !this._opening) this._open();
+    this.#transport.connect();
   }
 
   /** Closes the connection for good (no reconnect). Unconfirmed sends stay in storage. */
   disconnect() {
-    this._wanted = false;
-    if (globalThis.removeEventListener) globalThis.removeEventListener("online", this._onOnline);
-    clearTimeout(this._timer);
-    this._timer = null;
-    const ws = this._ws;
-    this._ws = null;
-    if (ws) {
-      this._detach(ws);
-      try {
-        ws.close(1000, "bye");
-      } catch {
-        /* already closed */
-      }
-    }
-    this._failRequests("disconnected");
-    this._setState("closed", "disconnected");
+    this.#transport.disconnect();
   }
 
   /** Gives the client a (new) token. Reconnects if it was waiting for one. */
   setToken(token) {
-    this.token = token || null;
-    if (!this.token) return;
-    this._wanted = true;
-    if (this.state === "closed" || this.state === "idle") {
-      this._attempt = 0;
-      clearTimeout(this._timer);
-      this._timer = null;
-      if (!this._ws && !this._opening) this._open();
-    }
+    this.#transport.setToken(token);
   }
 
   /** Tries to reconnect now if a reconnect is scheduled (e.g. the page became visible). */
   reconnectNow() {
-    this._reconnectSoon();
+    this.#transport.reconnectNow();
   }
 
-  _reconnectSoon() {
-    if (this._wanted && this.state === "reconnecting" && this._timer) {
-      clearTimeout(this._timer);
-      this._timer = null;
-      this._open();
-    }
+  /** The socket is gone: requests in flight fail; watermarks are re-sent after reconnecting. */
+  #onDown(why) {
+    this.#failRequests(why);
+    if (why !== "disconnected") for (const room of this.#rooms.values()) room.seenSent = 0;
   }
 
-  _setState(state, reason) {
-    if (state === this.state) return;
-    const previous = this.state;
-    this.state = state;
-    this._emit("state", { state, previous, reason: reason || null });
-  }
-
-  async _open() {
-    this._timer = null;
-    if (!this._wanted || this._opening || this._ws) return;
-    this._opening = true;
-    try {
-      await this._openSocket();
-    } finally {
-      this._opening = false;
-    }
-  }
-
-  async _openSocket() {
-    this._setState(this._everReady ? "reconnecting" : "connecting");
-    if (!this.token) {
-      if (!this.getToken) {
-        this._setState("closed", "auth");
-        this._emit("authrequired", { reason: "no_token" });
-        return;
-      }
-      try {
-        this.token = await this.getToken();
-      } catch (e) {
-        this._emit("error", { code: "token", message: `could not get a token: ${e && e.message}`, ref: null });
-      }
-      if (!this._wanted) return;
-      if (!this.token) {
-        this._schedule();
-        return;
-      }
-    }
-    let ws;
-    try {
-      ws = new this.WebSocketImpl(this.url);
-    } catch (e) {
-      this._emit("error", { code: "connect", message: String(e && e.message), ref: null });
-      this._schedule();
-      return;
-    }
-    this._ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: this.token }));
-    ws.onmessage = (ev) => this._onFrame(ev.data);
-    ws.onclose = (ev) => this._onClose(ws, ev.code, ev.reason);
-    ws.onerror = () => {}; // a close follows
-  }
-
-  _detach(ws) {
-    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-  }
-
-  _onClose(ws, code, reason) {
-    if (ws !== this._ws) return;
-    this._detach(ws);
-    this._ws = null;
-    this.lastClose = { code, reason };
-    this._failRequests("connection closed");
-    for (const room of this.rooms.values()) room.seenSent = 0; // re-send watermarks after reconnect
-    if (!this._wanted) {
-      this._setState("closed", reason);
-      return;
-    }
-    if (code === 1008 && AUTH_FAILURE_REASONS.has(reason)) {
-      // The token is bad or expired: get a new one, or wait for setToken().
-      this.token = null;
-      if (!this.getToken) {
-        this._setState("closed", "auth");
-        this._emit("authrequired", { reason });
-        return;
-      }
-    }
-    this._setState(this._everReady ? "reconnecting" : "connecting", reason || `closed ${code}`);
-    this._schedule(code === 1013 ? 2000 : 0);
-  }
-
-  _schedule(minMs = 0) {
-    clearTimeout(this._timer);
-    const ceiling = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** Math.min(this._attempt, 16));
-    this._attempt += 1;
-    // "Equal jitter": half fixed, half random, so a server restart is not hit by every
-    // client at the same instant, and no client waits near zero over and over.
-    const delay = Math.max(minMs, ceiling / 2 + Math.random() * (ceiling / 2));
-    this._timer = setTimeout(() => this._open(), delay);
-  }
-
-  _sendFrame(frame) {
-    const ws = this._ws;
-    if (!ws || ws.readyState !== 1 || this.state !== "open") return false;
-    ws.send(JSON.stringify(frame));
-    return true;
-  }
-
-  _emit(type, detail) {
+  #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #emitRooms() {
+    this.#emit("rooms", { rooms: this.getRooms() });
+  }
+
+  #change(roomId, reason) {
+    this.#emit("change", { roomId, reason });
   }
 
   // ---- incoming frames ----------------------------------------------------------------
 
-  _onFrame(data) {
-    let frame;
-    try {
-      frame = JSON.parse(data);
-    } catch {
-      return;
-    }
+  #onFrame(frame) {
     switch (frame.type) {
       case "ready":
-        this._onReady(frame);
+        this.#onReady(frame);
         break;
       case "message":
-        this._onMessage(frame.room_id, frame.message);
+        this.#onMessage(frame.room_id, frame.message);
         break;
       case "history":
-        this._onHistory(frame.room_id, frame.messages || []);
+        this.#onHistory(frame.room_id, frame.messages || []);
         break;
       case "seen":
-        this._onSeen(frame);
+        this.#onSeen(frame);
         break;
       case "room_opened":
-        this._upsertRoom(frame.room, true);
-        this._emitRooms();
+        this.#rooms.upsert(frame.room, true);
+        this.#emitRooms();
         break;
       case "room_closed": {
-        const room = this.rooms.get(frame.room_id);
+        const room = this.#rooms.get(frame.room_id);
         if (room) {
           room.closed = true;
-          this._emitRooms();
-          this._change(room.room_id, "closed");
+          this.#emitRooms();
+          this.#change(room.room_id, "closed");
         }
         break;
       }
       case "error":
-        this._onError(frame);
+        this.#onError(frame);
         break;
       default:
         break;
     }
   }
 
-  _onReady(frame) {
-    if (this.userId && this.userId !== frame.user_id) {
+  #onReady(frame) {
+    if (this.#userId && this.#userId !== frame.user_id) {
       // A token for someone else: nothing of the previous user's state applies.
-      this.rooms.clear();
-      this._outboxLoadedFor = null;
+      this.#rooms.clear();
+      this.#outbox.reset();
     }
-    this.userId = frame.user_id;
-    this._attempt = 0;
-    this._everReady = true;
-    const known = new Set();
-    for (const summary of frame.rooms || []) {
-      known.add(summary.room_id);
-      this._upsertRoom(summary, false);
-    }
-    this._loadOutbox();
-    this._setState("open");
-    this._emit("ready", { userId: this.userId, rooms: this.getRooms() });
-    this._emitRooms();
-    this._catchUpAndResend();
+    this.#userId = frame.user_id;
+    for (const summary of frame.rooms || []) this.#rooms.upsert(summary, false);
+    for (const roomId of this.#outbox.load(this.#userId)) this.#rooms.ensure(roomId);
+    this.#transport.ready();
+    this.#emit("ready", { userId: this.#userId, rooms: this.getRooms() });
+    this.#emitRooms();
+    this.#catchUpAndResend();
   }
 
-  async _catchUpAndResend() {
-    const ws = this._ws;
+  async #catchUpAndResend() {
+    const connection = this.#transport.connection;
     const jobs = [];
     let previews = 0;
-    for (const room of this.rooms.values()) {
-      if (room.loaded || room.wanted) jobs.push(this._catchUpGuarded(room));
+    for (const room of this.#rooms.values()) {
+      if (room.loaded || room.wanted) jobs.push(this.#catchUpGuarded(room));
       else if (room.last_seq > 0 && previews < PREVIEW_ROOMS) {
         // The room list shows each room's newest message; `ready` does not carry it.
         previews += 1;
-        this._loadPreview(room);
+        this.#loadPreview(room);
       }
     }
     await Promise.allSettled(jobs);
-    if (ws !== this._ws || this.state !== "open") return;
-    for (const room of this.rooms.values()) {
-      if (room.seenWanted > room.seenSent) this._flushSeen(room);
+    if (!this.#transport.isCurrent(connection) || this.state !== "open") return;
+    for (const room of this.#rooms.values()) {
+      if (room.seenWanted > room.seenSent) this.#flushSeen(room);
     }
-    const pending = [];
-    for (const room of this.rooms.values()) {
-      for (const item of room.outbox.values()) if (item.state === "sending") pending.push(item);
-    }
-    pending.sort((a, b) => a.order - b.order);
-    for (const item of pending) this._transmit(item);
+    for (const item of this.#outbox.pending()) this.#transmit(item);
   }
 
-  async _catchUpGuarded(room) {
+  async #catchUpGuarded(room) {
     room.catchingUp = true;
     try {
-      await this._catchUp(room);
+      await this.#catchUp(room);
     } catch {
       /* offline again: the next ready repeats it */
     } finally {
@@ -422,12 +218,12 @@ export class ChatClient extends EventTarget {
     }
   }
 
-  async _loadPreview(room) {
+  async #loadPreview(room) {
     try {
       const [last] = await this.history(room.room_id, { limit: 1 });
       if (last && (!room.preview || last.seq >= room.preview.seq)) {
         room.preview = last;
-        this._emitRooms();
+        this.#emitRooms();
       }
     } catch {
       /* offline: the next ready asks again */
@@ -439,201 +235,136 @@ export class ChatClient extends EventTarget {
    * a page comes back full. It starts before our oldest own message still waiting for a seen
    * receipt, so receipts given while we were away are picked up too.
    */
-  async _catchUp(room) {
+  async #catchUp(room) {
     if (!room.loaded) {
       await this.loadRoom(room.room_id).catch(() => {});
       return;
     }
     let after = room.maxSeq();
     for (const m of room.messages.values()) {
-      if (m.sender_id === this.userId && !m.seen_at && m.seq <= after) after = Math.min(after, m.seq - 1);
+      if (m.sender_id === this.#userId && !m.seen_at && m.seq <= after) after = Math.min(after, m.seq - 1);
     }
     if (after <= 0 || room.last_seq - after > HISTORY_WINDOW) {
       // Nothing to continue from, or more missed than the window holds: the latest page is
       // exactly what the window must show.
       const page = await this.history(room.room_id, {});
-      this._merge(room, page, "catchup");
+      this.#merge(room, page, "catchup");
       return;
     }
     for (;;) {
       const page = await this.history(room.room_id, { afterSeq: after, limit: HISTORY_WINDOW });
-      this._merge(room, page, "catchup");
+      this.#merge(room, page, "catchup");
       if (page.length < HISTORY_WINDOW) break;
       after = page[page.length - 1].seq;
     }
   }
 
-  _onMessage(roomId, message) {
-    const room = this._roomOrNew(roomId);
+  /** Merges stored messages into a room's window, confirming own sends. */
+  #merge(room, messages, reason) {
+    const { changed, own } = room.merge(messages, this.#userId);
+    const confirmed = this.#outbox.remove(room.room_id, own);
+    if ((changed || confirmed) && reason !== "message") this.#change(room.room_id, reason);
+  }
+
+  #onMessage(roomId, message) {
+    const room = this.#rooms.ensure(roomId);
     const isNew = !room.messages.has(message.seq);
     if (message.seq > room.last_seq) room.last_seq = message.seq;
-    const own = message.sender_id === this.userId;
-    const confirmed = own && room.outbox.has(message.client_msg_id);
+    const own = message.sender_id === this.#userId;
+    const confirmed = own && this.#outbox.has(roomId, message.client_msg_id);
     if (room.loaded || room.loading) {
-      this._merge(room, [message], "message");
+      this.#merge(room, [message], "message");
       // A gap means a frame was lost somewhere: fill it from the database.
-      if (room.loaded && !room.catchingUp && room.hasGapBelow(message.seq)) this._catchUpGuarded(room);
+      if (room.loaded && !room.catchingUp && room.hasGapBelow(message.seq)) this.#catchUpGuarded(room);
     } else {
-      if (!room.preview || message.seq >= room.preview.seq) room.preview = message;
-      if (confirmed) {
-        room.outbox.delete(message.client_msg_id);
-        this._saveOutbox();
-      }
+      room.notePreview(message);
+      if (confirmed) this.#outbox.remove(roomId, [message.client_msg_id]);
     }
     if (isNew && !own && !message.seen_at && message.seq > room.readUpTo) {
       if (!room.loaded) room.unread += 1;
-      else this._recountUnread(room);
-      this._emitRooms();
+      else room.recountUnread(this.#userId);
+      this.#emitRooms();
     }
     if (isNew || confirmed) {
-      this._emit("message", { roomId, message, own });
-      this._change(roomId, "message");
+      this.#emit("message", { roomId, message, own });
+      this.#change(roomId, "message");
     }
   }
 
-  _onHistory(roomId, messages) {
-    const room = this.rooms.get(roomId);
+  #onHistory(roomId, messages) {
+    const room = this.#rooms.get(roomId);
     const queue = room && room.requests;
     if (!queue || queue.length === 0) return; // unsolicited: ignore
     const request = queue.shift();
     clearTimeout(request.timer);
     request.resolve(messages);
-    this._pumpRequests(room);
+    this.#pumpRequests(room);
   }
 
-  _onSeen(frame) {
-    const room = this.rooms.get(frame.room_id);
+  #onSeen(frame) {
+    const room = this.#rooms.get(frame.room_id);
     if (!room) return;
     const upTo = frame.up_to_seq;
-    if (frame.reader_id === this.userId) {
+    if (frame.reader_id === this.#userId) {
       // I read the other member's messages (maybe from another tab).
-      room.readUpTo = Math.max(room.readUpTo, upTo);
-      for (const m of room.messages.values()) {
-        if (m.sender_id !== this.userId && m.seq <= upTo && !m.seen_at) m.seen_at = frame.seen_at;
-      }
-      if (room.loaded) this._recountUnread(room);
-      else if (upTo >= room.last_seq) room.unread = 0;
-      this._emitRooms();
+      room.markRead(upTo, frame.seen_at, this.#userId);
+      this.#emitRooms();
     } else {
-      room.peerSeenUpTo = Math.max(room.peerSeenUpTo, upTo);
-      room.peerSeenAt = frame.seen_at;
-      for (const m of room.messages.values()) {
-        if (m.sender_id === this.userId && m.seq <= upTo && !m.seen_at) m.seen_at = frame.seen_at;
-      }
+      room.markSeenByPeer(upTo, frame.seen_at, this.#userId);
     }
-    this._emit("seen", { roomId: frame.room_id, readerId: frame.reader_id, upToSeq: upTo, seenAt: frame.seen_at });
-    this._change(frame.room_id, "seen");
+    this.#emit("seen", { roomId: frame.room_id, readerId: frame.reader_id, upToSeq: upTo, seenAt: frame.seen_at });
+    this.#change(frame.room_id, "seen");
   }
 
-  _onError(frame) {
-    this._emit("error", { code: frame.code, message: frame.message, ref: frame.ref ?? null });
+  #onError(frame) {
+    this.#emit("error", { code: frame.code, message: frame.message, ref: frame.ref ?? null });
     if (frame.ref) {
-      for (const room of this.rooms.values()) {
-        const item = room.outbox.get(frame.ref);
-        if (!item) continue;
-        if (frame.code === "rate_limited" && item.autoRetries < 3) {
-          // The server's bucket refills within a second or two: try again by ourselves.
-          item.autoRetries += 1;
-          const ws = this._ws;
-          setTimeout(() => {
-            if (ws === this._ws && room.outbox.get(item.client_msg_id) === item && item.state === "sending") {
-              this._transmit(item);
-            }
-          }, 1000 * item.autoRetries + Math.random() * 500);
-          return;
-        }
-        item.state = "failed";
-        item.error = { code: frame.code, message: ERROR_TEXT[frame.code] || frame.message };
-        if (frame.code === "room_closed") room.closed = true;
-        this._saveOutbox();
-        this._emit("failed", { roomId: room.room_id, item: this._itemView(room, item), code: frame.code, message: item.error.message });
-        this._change(room.room_id, "failed");
+      const item = this.#outbox.find(frame.ref);
+      const room = item && this.#rooms.get(item.room_id);
+      if (!room) return;
+      if (frame.code === ERROR_CODES.RATE_LIMITED && item.autoRetries < 3) {
+        // The server's bucket refills within a second or two: try again by ourselves.
+        item.autoRetries += 1;
+        const connection = this.#transport.connection;
+        setTimeout(() => {
+          if (this.#transport.isCurrent(connection) && this.#outbox.get(room.room_id, item.client_msg_id) === item && item.state === "sending") {
+            this.#transmit(item);
+          }
+        }, 1000 * item.autoRetries + Math.random() * 500);
         return;
       }
+      item.state = "failed";
+      item.error = { code: frame.code, message: ERROR_TEXT[frame.code] || frame.message };
+      if (frame.code === ERROR_CODES.ROOM_CLOSED) room.closed = true;
+      this.#outbox.save();
+      this.#emit("failed", { roomId: room.room_id, item: this.#itemView(item), code: frame.code, message: item.error.message });
+      this.#change(room.room_id, "failed");
       return;
     }
     // History and seen errors carry no ref. A history error can only belong to a request in
     // flight: if exactly one room has one, it is that one.
-    if (["not_a_member", "unknown_room", "invalid_frame", "internal"].includes(frame.code)) {
-      const waiting = [...this.rooms.values()].filter((r) => r.requests.length > 0 && r.requests[0].sent);
+    if (HISTORY_ERRORS.has(frame.code)) {
+      const waiting = [...this.#rooms.values()].filter((r) => r.requests.length > 0 && r.requests[0].sent);
       if (waiting.length === 1) {
         const room = waiting[0];
         const request = room.requests.shift();
         clearTimeout(request.timer);
         request.reject(new ChatError(frame.code, frame.message));
-        this._pumpRequests(room);
+        this.#pumpRequests(room);
       }
     }
   }
 
   // ---- rooms --------------------------------------------------------------------------
 
-  _roomOrNew(roomId) {
-    let room = this.rooms.get(roomId);
-    if (!room) {
-      room = this._upsertRoom({ room_id: roomId, members: [], last_seq: 0, unread: 0, closed: false }, false);
-    }
-    return room;
-  }
-
-  _upsertRoom(summary, front) {
-    let room = this.rooms.get(summary.room_id);
-    if (!room) {
-      room = new RoomState(summary);
-      if (front) {
-        const rest = [...this.rooms];
-        this.rooms = new Map([[room.room_id, room], ...rest]);
-      } else {
-        this.rooms.set(room.room_id, room);
-      }
-    } else {
-      room.members = summary.members || room.members;
-      room.closed = Boolean(summary.closed);
-      room.last_seq = Math.max(room.last_seq, summary.last_seq || 0);
-      if (!room.loaded) room.unread = summary.unread || 0;
-      else room.serverUnread = summary.unread || 0;
-    }
-    return room;
-  }
-
-  _recountUnread(room) {
-    let n = 0;
-    for (const m of room.messages.values()) {
-      if (m.sender_id !== this.userId && !m.seen_at && m.seq > room.readUpTo) n += 1;
-    }
-    room.unread = n;
-  }
-
-  _emitRooms() {
-    this._emit("rooms", { rooms: this.getRooms() });
-  }
-
-  _change(roomId, reason) {
-    this._emit("change", { roomId, reason });
-  }
-
   /** Room snapshots, in list order (newest first as the server gives them; new rooms on top). */
   getRooms() {
-    return [...this.rooms.values()].map((r) => this._roomView(r));
+    return [...this.#rooms.values()].map((r) => r.view(this.#userId));
   }
 
   getRoom(roomId) {
-    const r = this.rooms.get(roomId);
-    return r ? this._roomView(r) : null;
-  }
-
-  _roomView(r) {
-    const peer = r.members.find((m) => m !== this.userId) || r.members[0] || "";
-    return {
-      room_id: r.room_id,
-      members: [...r.members],
-      peer,
-      last_seq: r.last_seq,
-      unread: r.unread,
-      closed: r.closed,
-      loaded: r.loaded,
-      last_message: r.lastMessage(),
-    };
+    const r = this.#rooms.get(roomId);
+    return r ? r.view(this.#userId) : null;
   }
 
   /**
@@ -641,7 +372,7 @@ export class ChatClient extends EventTarget {
    * getMessages(roomId).
    */
   async loadRoom(roomId) {
-    const room = this._roomOrNew(roomId);
+    const room = this.#rooms.ensure(roomId);
     room.wanted = true;
     if (room.loaded) return this.getMessages(roomId);
     if (!room.loadPromise) {
@@ -650,9 +381,9 @@ export class ChatClient extends EventTarget {
         .then((page) => {
           room.loaded = true;
           room.loading = false;
-          this._merge(room, page, "history");
-          this._recountUnread(room);
-          this._emitRooms();
+          this.#merge(room, page, "history");
+          room.recountUnread(this.#userId);
+          this.#emitRooms();
         })
         .finally(() => {
           room.loading = false;
@@ -670,7 +401,7 @@ export class ChatClient extends EventTarget {
    * does not change the room's window; loadRoom() and the catch-up do that.
    */
   history(roomId, { beforeSeq, afterSeq, limit } = {}) {
-    const room = this._roomOrNew(roomId);
+    const room = this.#rooms.ensure(roomId);
     const frame = { type: "history", room_id: roomId };
     if (beforeSeq != null) frame.before_seq = beforeSeq;
     if (afterSeq != null) frame.after_seq = afterSeq;
@@ -681,36 +412,27 @@ export class ChatClient extends EventTarget {
         return;
       }
       room.requests.push({ frame, resolve, reject, sent: false, timer: null });
-      this._pumpRequests(room);
+      this.#pumpRequests(room);
     });
   }
 
-  _pumpRequests(room) {
+  #pumpRequests(room) {
     const head = room.requests[0];
     if (!head || head.sent) return;
-    if (!this._sendFrame(head.frame)) {
+    if (!this.#transport.send(head.frame)) {
       room.requests.shift();
       head.reject(new ChatError("offline", "not connected"));
-      this._pumpRequests(room);
+      this.#pumpRequests(room);
       return;
     }
     head.sent = true;
-    const ws = this._ws;
-    head.timer = setTimeout(() => {
-      // No answer: the connection is dead or stuck. Start over; the catch-up repeats it.
-      if (ws === this._ws && ws) {
-        try {
-          ws.close(4000, "request_timeout");
-        } catch {
-          /* ignore */
-        }
-        this._onClose(ws, 4000, "request_timeout");
-      }
-    }, this.requestTimeoutMs);
+    const connection = this.#transport.connection;
+    // No answer: the connection is dead or stuck. Start over; the catch-up repeats it.
+    head.timer = setTimeout(() => this.#transport.drop(connection, 4000, "request_timeout"), this.#requestTimeoutMs);
   }
 
-  _failRequests(why) {
-    for (const room of this.rooms.values()) {
+  #failRequests(why) {
+    for (const room of this.#rooms.values()) {
       const requests = room.requests;
       room.requests = [];
       for (const r of requests) {
@@ -718,37 +440,6 @@ export class ChatClient extends EventTarget {
         r.reject(new ChatError("offline", why));
       }
     }
-  }
-
-  /** Merges stored messages into a room's window (by seq), confirming own sends. */
-  _merge(room, messages, reason) {
-    let changed = false;
-    let outboxChanged = false;
-    for (const m of messages) {
-      if (m.seq > room.last_seq) room.last_seq = m.seq;
-      const own = m.sender_id === this.userId;
-      if (own && !m.seen_at && m.seq <= room.peerSeenUpTo) m.seen_at = room.peerSeenAt;
-      if (!own && !m.seen_at && m.seq <= room.readUpTo) m.seen_at = "local";
-      const have = room.messages.get(m.seq);
-      if (have) {
-        // Seen only ever goes from null to a time.
-        if (!have.seen_at && m.seen_at) {
-          have.seen_at = m.seen_at;
-          changed = true;
-        }
-      } else {
-        room.messages.set(m.seq, { ...m });
-        changed = true;
-      }
-      if (own && room.outbox.delete(m.client_msg_id)) {
-        outboxChanged = true;
-        changed = true;
-      }
-    }
-    if (room.trim()) changed = true;
-    if (outboxChanged) this._saveOutbox();
-    if (changed && reason !== "message") this._change(room.room_id, reason);
-    return changed;
   }
 
   // ---- messages -----------------------------------------------------------------------
@@ -761,37 +452,19 @@ export class ChatClient extends EventTarget {
    * this user has marked it seen).
    */
   getMessages(roomId) {
-    const room = this.rooms.get(roomId);
+    const room = this.#rooms.get(roomId);
     if (!room) return [];
-    const stored = [...room.messages.values()].sort((a, b) => a.seq - b.seq);
-    const items = stored.map((m) => {
-      const own = m.sender_id === this.userId;
-      const seenAt = m.seen_at === "local" ? null : m.seen_at;
-      return {
-        key: `s${m.seq}`,
-        room_id: roomId,
-        seq: m.seq,
-        sender_id: m.sender_id,
-        body: m.body,
-        sent_at: m.sent_at,
-        seen_at: seenAt,
-        client_msg_id: m.client_msg_id,
-        own,
-        state: m.seen_at ? "seen" : "sent",
-        error: null,
-      };
-    });
-    const pending = [...room.outbox.values()].sort((a, b) => a.order - b.order);
-    for (const item of pending) items.push(this._itemView(room, item));
+    const items = room.storedItems(this.#userId);
+    for (const item of this.#outbox.forRoom(roomId)) items.push(this.#itemView(item));
     return items;
   }
 
-  _itemView(room, item) {
+  #itemView(item) {
     return {
       key: `c${item.client_msg_id}`,
-      room_id: room.room_id,
+      room_id: item.room_id,
       seq: null,
-      sender_id: this.userId,
+      sender_id: this.#userId,
       body: item.body,
       sent_at: item.created_at,
       seen_at: null,
@@ -809,60 +482,42 @@ export class ChatClient extends EventTarget {
    * Returns the item (see getMessages).
    */
   send(roomId, text) {
-    const room = this.rooms.get(roomId);
-    if (!room) throw new ChatError("unknown_room");
-    if (room.closed) throw new ChatError("room_closed");
+    const room = this.#rooms.get(roomId);
+    if (!room) throw new ChatError(ERROR_CODES.UNKNOWN_ROOM);
+    if (room.closed) throw new ChatError(ERROR_CODES.ROOM_CLOSED);
     const body = normalizeNewlines(String(text));
     const check = validateBody(body);
     if (!check.ok) throw new ChatError(check.code, check.reason);
-    const item = {
-      room_id: roomId,
-      client_msg_id: newClientMsgId(),
-      body,
-      created_at: new Date().toISOString(),
-      state: "sending",
-      error: null,
-      order: this._nextOrder(),
-      autoRetries: 0,
-    };
-    room.outbox.set(item.client_msg_id, item);
-    this._saveOutbox();
-    this._change(roomId, "sending");
-    this._transmit(item);
-    return this._itemView(room, item);
+    const item = this.#outbox.create(roomId, body);
+    this.#outbox.add(item);
+    this.#change(roomId, "sending");
+    this.#transmit(item);
+    return this.#itemView(item);
   }
 
   /** Sends a failed message again, with its original client_msg_id. */
   retry(roomId, clientMsgId) {
-    const room = this.rooms.get(roomId);
-    const item = room && room.outbox.get(clientMsgId);
+    const item = this.#rooms.get(roomId) && this.#outbox.get(roomId, clientMsgId);
     if (!item) return false;
     item.state = "sending";
     item.error = null;
     item.autoRetries = 0;
-    this._saveOutbox();
-    this._change(roomId, "sending");
-    this._transmit(item);
+    this.#outbox.save();
+    this.#change(roomId, "sending");
+    this.#transmit(item);
     return true;
   }
 
   /** Drops an unconfirmed message (failed or still sending). */
   discard(roomId, clientMsgId) {
-    const room = this.rooms.get(roomId);
-    if (!room || !room.outbox.delete(clientMsgId)) return false;
-    this._saveOutbox();
-    this._change(roomId, "discarded");
+    if (!this.#rooms.get(roomId) || !this.#outbox.remove(roomId, [clientMsgId])) return false;
+    this.#change(roomId, "discarded");
     return true;
   }
 
-  _transmit(item) {
+  #transmit(item) {
     // Not connected: it stays "sending" and goes out after the next ready.
-    this._sendFrame({ type: "send", room_id: item.room_id, client_msg_id: item.client_msg_id, body: item.body });
-  }
-
-  _nextOrder() {
-    this._seq += 1;
-    return Date.now() * 1000 + (this._seq % 1000);
+    this.#transport.send({ type: "send", room_id: item.room_id, client_msg_id: item.client_msg_id, body: item.body });
   }
 
   /**
@@ -870,136 +525,22 @@ export class ChatClient extends EventTarget {
    * higher watermark than the last one is sent; offline it is sent after reconnecting.
    */
   markSeen(roomId, upToSeq) {
-    const room = this.rooms.get(roomId);
+    const room = this.#rooms.get(roomId);
     if (!room || !(upToSeq >= 1)) return false;
     if (upToSeq <= room.seenWanted && upToSeq <= room.readUpTo) return false;
     room.seenWanted = Math.max(room.seenWanted, upToSeq);
-    room.readUpTo = Math.max(room.readUpTo, upToSeq);
-    for (const m of room.messages.values()) {
-      if (m.sender_id !== this.userId && m.seq <= upToSeq && !m.seen_at) m.seen_at = "local";
-    }
-    if (room.loaded) this._recountUnread(room);
-    else if (upToSeq >= room.last_seq) room.unread = 0;
-    this._flushSeen(room);
-    this._emitRooms();
-    this._change(roomId, "read");
+    room.markRead(upToSeq, "local", this.#userId);
+    this.#flushSeen(room);
+    this.#emitRooms();
+    this.#change(roomId, "read");
     return true;
   }
 
-  _flushSeen(room) {
+  #flushSeen(room) {
     if (room.seenWanted > room.seenSent) {
-      if (this._sendFrame({ type: "seen", room_id: room.room_id, up_to_seq: room.seenWanted })) {
+      if (this.#transport.send({ type: "seen", room_id: room.room_id, up_to_seq: room.seenWanted })) {
         room.seenSent = room.seenWanted;
       }
     }
-  }
-
-  // ---- outbox persistence -------------------------------------------------------------
-
-  _storageKey() {
-    return `matchchat:outbox:${this.userId}`;
-  }
-
-  _loadOutbox() {
-    if (this._outboxLoadedFor === this.userId) return;
-    this._outboxLoadedFor = this.userId;
-    if (!this.storage) return;
-    let saved = [];
-    try {
-      saved = JSON.parse(this.storage.getItem(this._storageKey()) || "[]");
-    } catch {
-      saved = [];
-    }
-    for (const s of saved) {
-      if (!s || typeof s.client_msg_id !== "string" || typeof s.body !== "string") continue;
-      const room = this._roomOrNew(s.room_id);
-      if (room.outbox.has(s.client_msg_id)) continue;
-      room.outbox.set(s.client_msg_id, {
-        room_id: s.room_id,
-        client_msg_id: s.client_msg_id,
-        body: s.body,
-        created_at: s.created_at,
-        state: s.state === "failed" ? "failed" : "sending",
-        error: s.error || null,
-        order: s.order || this._nextOrder(),
-        autoRetries: 0,
-      });
-    }
-  }
-
-  _saveOutbox() {
-    if (!this.storage || !this.userId) return;
-    const all = [];
-    for (const room of this.rooms.values()) {
-      for (const i of room.outbox.values()) {
-        all.push({
-          room_id: i.room_id,
-          client_msg_id: i.client_msg_id,
-          body: i.body,
-          created_at: i.created_at,
-          state: i.state,
-          error: i.error,
-          order: i.order,
-        });
-      }
-    }
-    try {
-      if (all.length) this.storage.setItem(this._storageKey(), JSON.stringify(all));
-      else this.storage.removeItem(this._storageKey());
-    } catch {
-      /* quota or disabled: the outbox still lives in memory */
-    }
-  }
-}
-
-/** One room's state inside the client. */
-class RoomState {
-  constructor(summary) {
-    this.room_id = summary.room_id;
-    this.members = summary.members || [];
-    this.last_seq = summary.last_seq || 0;
-    this.unread = summary.unread || 0;
-    this.serverUnread = this.unread;
-    this.closed = Boolean(summary.closed);
-    this.messages = new Map(); // seq -> stored message (window of at most HISTORY_WINDOW)
-    this.outbox = new Map(); // client_msg_id -> unconfirmed send
-    this.requests = []; // history requests, head in flight
-    this.loaded = false;
-    this.loading = false;
-    this.catchingUp = false;
-    this.loadPromise = null;
-    this.wanted = false;
-    this.readUpTo = 0; // my watermark (what I marked seen)
-    this.seenWanted = 0;
-    this.seenSent = 0;
-    this.peerSeenUpTo = 0;
-    this.peerSeenAt = null;
-    this.preview = null; // newest message, for the room list, when the window is not loaded
-  }
-
-  maxSeq() {
-    let max = 0;
-    for (const seq of this.messages.keys()) if (seq > max) max = seq;
-    return max;
-  }
-
-  hasGapBelow(seq) {
-    let below = 0;
-    for (const s of this.messages.keys()) if (s < seq && s > below) below = s;
-    return below > 0 && below < seq - 1;
-  }
-
-  /** Keeps the newest HISTORY_WINDOW messages. */
-  trim() {
-    if (this.messages.size <= HISTORY_WINDOW) return false;
-    const seqs = [...this.messages.keys()].sort((a, b) => a - b);
-    for (const s of seqs.slice(0, seqs.length - HISTORY_WINDOW)) this.messages.delete(s);
-    return true;
-  }
-
-  lastMessage() {
-    const seq = this.maxSeq();
-    if (seq && (!this.preview || seq >= this.preview.seq)) return this.messages.get(seq);
-    return this.preview;
   }
 }

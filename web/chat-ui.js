@@ -2,6 +2,7 @@
 // framework. Test hooks (data-testid) are documented in docs/web.md and are a stable contract.
 
 import { ERROR_TEXT, HISTORY_WINDOW, MAX_BODY_CHARS, countChars, normalizeNewlines, validateBody } from "./chat-client.js";
+import { CLOSE, ERROR_CODES } from "./protocol.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const NARROW = "(max-width: 759px)";
@@ -326,7 +327,7 @@ class ChatView {
       connecting: "Connecting…",
       open: "Connected",
       reconnecting: "Reconnecting… Messages you send will go out when the connection is back.",
-      closed: this.client.lastClose && this.client.lastClose.reason === "token_expired" ? "Session expired. Sign in again to keep chatting." : "Disconnected.",
+      closed: this.client.lastClose && this.client.lastClose.reason === CLOSE.TOKEN_EXPIRED.reason ? "Session expired. Sign in again to keep chatting." : "Disconnected.",
     }[state];
     el.textContent = text;
     this.shell.dataset.connection = state;
@@ -373,7 +374,8 @@ class ChatView {
     if (room.room_id === this.roomId) button.setAttribute("aria-current", "true");
     else button.removeAttribute("aria-current");
     const last = room.last_message;
-    const preview = last ? `${last.sender_id === this.client.userId ? "You: " : ""}${last.body.replace(/\n/g, " ")}` : room.closed ? "" : "Say hi 👋";
+    const prefix = last && last.sender_id === this.client.userId ? "You: " : "";
+    const preview = last ? `${prefix}${last.body.replace(/\n/g, " ")}` : room.closed ? "" : "Say hi 👋";
     const when = last ? parseTime(last.sent_at) : null;
     const sig = JSON.stringify([room.peer, room.unread, room.closed, preview, last && last.sent_at]);
     if (button._sig === sig) return;
@@ -386,7 +388,11 @@ class ChatView {
       h("span", { class: "room-name", text: room.peer }),
       when ? h("time", { class: "room-time", datetime: when.toISOString(), text: timeFmt.format(when) }) : null,
     );
-    const bottom = h("span", { class: "room-bottom" }, h("span", { class: "room-preview", text: preview }));
+    // The body is isolated (dir="auto"): its direction controls cannot reorder the text around it.
+    const previewEl = last
+      ? h("span", { class: "room-preview" }, prefix || null, h("span", { class: "preview-body", dir: "auto", text: last.body.replace(/\n/g, " ") }))
+      : h("span", { class: "room-preview", text: preview });
+    const bottom = h("span", { class: "room-bottom" }, previewEl);
     if (room.closed) bottom.append(h("span", { class: "tag", text: "Closed" }));
     if (room.unread > 0) {
       bottom.append(h("span", { class: "badge", "aria-label": `${room.unread} unread`, text: room.unread > 99 ? "99+" : String(room.unread) }));
@@ -572,7 +578,10 @@ class ChatView {
       meta.append(status);
     }
     const who = h("span", { class: "visually-hidden", text: item.own ? "You: " : `${item.sender_id}: ` });
-    const bubble = h("div", { class: "bubble" }, who, h("span", { class: "body", text: item.body }), meta);
+    // dir="auto" and `unicode-bidi: isolate`: a body takes its direction from its own first
+    // strong character and can never reorder the text around it (name, time, state).
+    const body = h("span", { class: "body", dir: "auto", text: item.body });
+    const bubble = h("div", { class: "bubble" }, who, body, meta);
     el.replaceChildren(bubble);
     if (item.state === "failed") {
       const reason = (item.error && item.error.message) || "Not sent.";
@@ -744,7 +753,9 @@ class ChatView {
     this.counter.dataset.level = n > MAX_BODY_CHARS ? "over" : n >= MAX_BODY_CHARS - 20 ? "near" : "ok";
     this.counter.setAttribute("aria-label", `${n} of ${MAX_BODY_CHARS} characters`);
     this.sendButton.disabled = !check.ok || !this.currentRoomOpen();
-    if (!check.ok && check.code !== "body_empty") this.setNotice(check.reason, "error");
+    // Blank text gets its reason only when sending is tried (submit); text that is not blank
+    // but shows nothing (U+200B, U+2060, ...) gets it at once, or it would look sendable.
+    if (!check.ok && (check.code !== ERROR_CODES.BODY_EMPTY || t.value.trim() !== "")) this.setNotice(check.reason, "error");
     else if (this.notice.dataset.kind === "error") this.setNotice("");
   }
 
@@ -753,7 +764,7 @@ class ChatView {
     const text = this.textarea.value;
     const check = validateBody(normalizeNewlines(text));
     if (!check.ok) {
-      if (check.code !== "body_empty") this.setNotice(check.reason, "error");
+      if (check.code !== ERROR_CODES.BODY_EMPTY || text !== "") this.setNotice(check.reason, "error");
       return;
     }
     try {

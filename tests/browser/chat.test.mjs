@@ -19,7 +19,9 @@ import {
   statesOf,
   fetchHistory,
   serviceApi,
+  sendRaw,
 } from "./lib/harness.mjs";
+import { validateBody } from "../../web/chat-client.js";
 
 const PHONE = { width: 390, height: 844 };
 const DESKTOP = { width: 1280, height: 800 };
@@ -208,6 +210,124 @@ test("the composer counts Unicode scalar values: 160 emoji fit, more is refused 
     "nothing blank or over-long was sent",
   );
   assertNoPageErrors(alice);
+});
+
+test("bodies that show nothing are empty, unpaired direction controls are refused, bodies are shown isolated", async (t) => {
+  const server = await serverFor(t);
+  const ctx = await contextFor(t);
+  const page = await ctx.newPage();
+  const sent = [];
+  page.on("websocket", (ws) => ws.on("framesent", (f) => sent.push(JSON.parse(String(f.payload)))));
+  const alice = await openAs(browser, server.url, "alice", { context: ctx, page });
+  const composer = alice.locator('[data-testid="composer"]');
+  const send = alice.locator('[data-testid="send"]');
+  const notice = alice.locator('[data-testid="composer-notice"]');
+
+  // Only invisible characters: nothing to see, nothing to send; the reason says so.
+  for (const invisible of ["\u200b", "\u200d\ufeff"]) {
+    await composer.fill(invisible);
+    assert.equal(await send.isDisabled(), true, JSON.stringify(invisible));
+    assert.equal(await notice.textContent(), "Write something first.", JSON.stringify(invisible));
+    await composer.press("Enter");
+    assert.equal(await composer.inputValue(), invisible, "Enter sent nothing and kept the text");
+  }
+
+  // A right-to-left override that is never closed ("safe" + RLO + "gnp.exe" shows as
+  // "safeexe.png"): refused before sending, with the reason.
+  const spoof = "safe\u202egnp.exe";
+  await composer.fill(spoof);
+  assert.equal(await send.isDisabled(), true);
+  assert.equal(await notice.textContent(), "Unpaired direction-control characters can't be sent.");
+  await composer.press("Enter");
+  assert.equal(await composer.inputValue(), spoof);
+  const thrown = await alice.evaluate((body) => {
+    const { client } = window.matchchat;
+    try {
+      client.send(client.getRooms()[0].room_id, body);
+      return null;
+    } catch (e) {
+      return { code: e.code, message: e.message };
+    }
+  }, spoof);
+  assert.deepEqual(thrown, { code: "body_invalid", message: "Unpaired direction-control characters can't be sent." });
+
+  // A paired isolate is fine: sent, stored and shown, on both sides.
+  const paired = "a\u2067b\u2069";
+  await composer.fill(paired);
+  assert.equal(await send.isEnabled(), true);
+  assert.equal(await notice.textContent(), "");
+  await composer.press("Enter");
+  await waitMessage(alice, paired, ["sent"]);
+  const bob = await openAs(browser, server.url, "bob", { context: await contextFor(t, { viewport: PHONE }) });
+  await waitMessage(bob, paired, ["seen"]);
+
+  // Nothing but the paired body left the page, and only it is stored.
+  assert.deepEqual(
+    sent.filter((f) => f.type === "send").map((f) => f.body),
+    [paired],
+  );
+  const { messages: stored } = await fetchHistory(browser, server.url, "alice");
+  assert.deepEqual(
+    stored.map((m) => m.body),
+    [paired],
+  );
+
+  // Every body is displayed isolated: dir="auto" and unicode-bidi: isolate, in the
+  // conversation and in the room list's preview.
+  for (const p of [alice, bob]) {
+    const body = await p.locator('[data-testid="message"] .body').evaluate((el) => ({ dir: el.getAttribute("dir"), bidi: getComputedStyle(el).unicodeBidi, text: el.textContent }));
+    assert.deepEqual(body, { dir: "auto", bidi: "isolate", text: paired });
+  }
+  const preview = await alice.locator('[data-testid="room"] .preview-body').evaluate((el) => ({ dir: el.getAttribute("dir"), bidi: getComputedStyle(el).unicodeBidi, text: el.textContent }));
+  assert.deepEqual(preview, { dir: "auto", bidi: "isolate", text: paired });
+  assertNoPageErrors(alice);
+  assertNoPageErrors(bob);
+});
+
+test("the page's body rule and the server's agree, case by case", async (t) => {
+  const server = await serverFor(t, { CHAT_RATE_PER_SEC: "1000", CHAT_RATE_BURST: "1000" });
+  // crates/chat-domain/src/body.rs's cases and more; each goes to the server over a raw
+  // WebSocket (no page code) and through validateBody (web/chat-client.js).
+  const bodies = [
+    "hello",
+    " ",
+    "\u3000",
+    "\ufeff",
+    "\u200b",
+    "\u200d\ufeff",
+    " \u2060 ",
+    "\u3164",
+    "\ufe0f\n",
+    "\u00ad",
+    "\u{E0041}",
+    "\u{1D173}",
+    "\u2800",
+    "a\u200b",
+    "\u{1F468}\u200d\u{1F469}\u200d\u{1F467}",
+    "safe\u202egnp.exe",
+    "a\u2067b",
+    "a\u202c",
+    "a\u2069",
+    "\u2066a\u202c",
+    "\u202ba\u2067b\u202c\u2069",
+    "\u202ea\nb\u202c",
+    "\u202e",
+    "a\u2067b\u2069",
+    "\u202ba\u2066b\u2069\u202c",
+    "x\u202ey\u202c\nz",
+    "tab\there",
+    "a\u202e\tb",
+    "x".repeat(160),
+    `${"x".repeat(161)}\u202e`,
+  ];
+  const server_ = await sendRaw(browser, server.url, "alice", bodies);
+  const page = bodies.map((b) => validateBody(b).code);
+  assert.deepEqual(
+    bodies.map((b, i) => [JSON.stringify(b), server_[i]]),
+    bodies.map((b, i) => [JSON.stringify(b), page[i]]),
+  );
+  // The cases really span the rule (a server that refused everything would not pass).
+  for (const code of [null, "body_empty", "body_too_long", "body_invalid"]) assert.ok(page.includes(code), String(code));
 });
 
 test("a hidden tab does not mark messages seen; showing it again does", async (t) => {
@@ -506,11 +626,13 @@ test("unconfirmed messages survive a reload and are sent exactly once", async (t
   const ctx = await contextFor(t);
   // While `offline`, every WebSocket of this page is refused, as if the network were down.
   let offline = false;
+  let socket = null; // the page's current WebSocket (its route)
   await ctx.routeWebSocket(/\/ws$/, (ws) => {
     if (offline) {
       ws.close({ code: 4001, reason: "offline" });
       return;
     }
+    socket = ws;
     ws.connectToServer();
   });
   const alice = await openAs(browser, server.url, "alice", { context: ctx });
@@ -518,7 +640,7 @@ test("unconfirmed messages survive a reload and are sent exactly once", async (t
   await waitMessage(alice, "before");
 
   offline = true;
-  await alice.evaluate(() => window.matchchat.client._ws.close());
+  await socket.close({ code: 4001, reason: "offline" }); // the network drops
   await waitConnection(alice, "reconnecting");
   await sendViaComposer(alice, "written offline");
   await waitMessage(alice, "written offline", ["sending"]);
@@ -570,7 +692,18 @@ test(
 );
 
 test("token handoff: URL fragment (then scrubbed) and postMessage from the embedding page", async (t) => {
-  const server = await serverFor(t);
+  // The host app of part 2 is a little HTTP server of this test on another port: another
+  // origin, on loopback like the chat server (Chromium lets no public page frame a loopback
+  // one). The chat server lets it embed the page (CHAT_FRAME_ANCESTORS), so it starts first.
+  let server = null;
+  const hostServer = createServer((req, res) => {
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end(`<!doctype html><title>host</title><iframe id="chat" title="Chat" width="390" height="700" src="${server.url}/?parent_origin=${encodeURIComponent(host)}"></iframe>`);
+  });
+  await new Promise((res) => hostServer.listen(0, "127.0.0.1", res));
+  t.after(() => new Promise((res) => hostServer.close(res)));
+  const host = `http://127.0.0.1:${hostServer.address().port}`;
+  server = await serverFor(t, { CHAT_FRAME_ANCESTORS: host });
   const token = async (user) => {
     const res = await fetch(`${server.url}/demo/token`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ user_id: user }) });
     return (await res.json()).token;
@@ -589,15 +722,6 @@ test("token handoff: URL fragment (then scrubbed) and postMessage from the embed
 
   // 2. An iframe in a host app on another origin; the host hands the token over with
   //    postMessage, and the page accepts it only from the origin named in ?parent_origin=.
-  //    The host app is a little HTTP server of this test on another port: another origin,
-  //    on loopback like the chat server (Chromium lets no public page frame a loopback one).
-  const hostServer = createServer((req, res) => {
-    res.writeHead(200, { "content-type": "text/html" });
-    res.end(`<!doctype html><title>host</title><iframe id="chat" title="Chat" width="390" height="700" src="${server.url}/?parent_origin=${encodeURIComponent(host)}"></iframe>`);
-  });
-  await new Promise((res) => hostServer.listen(0, "127.0.0.1", res));
-  t.after(() => new Promise((res) => hostServer.close(res)));
-  const host = `http://127.0.0.1:${hostServer.address().port}`;
   const hostCtx = await contextFor(t);
   const hostPage = await hostCtx.newPage();
   await hostPage.goto(`${host}/`);
@@ -617,4 +741,81 @@ test("token handoff: URL fragment (then scrubbed) and postMessage from the embed
   assert.equal(await frame.locator(".me").textContent(), "bob");
   await hostPage.waitForFunction(() => window.fromChat.some((m) => m.data && m.data.type === "matchchat:connected" && m.data.user_id === "bob"), null, { timeout: WAIT });
   assertNoPageErrors(page);
+});
+
+test("a parent frame hands over a token only from an origin in CHAT_FRAME_ANCESTORS", async (t) => {
+  // The host app: an HTTP server of this test on another port of loopback, i.e. another
+  // origin. Its page frames the chat page given in ?chat=, names itself as parent_origin, and
+  // records every message it gets from the frame from the start.
+  const hostServer = createServer((req, res) => {
+    const chat = new URL(req.url, "http://host").searchParams.get("chat");
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end(
+      `<!doctype html><title>host</title><script>window.fromChat = []; addEventListener("message", (e) => fromChat.push({ origin: e.origin, data: e.data }));</script>` +
+        `<iframe id="chat" title="Chat" width="390" height="700" src="${chat}/?parent_origin=${encodeURIComponent(host)}"></iframe>`,
+    );
+  });
+  await new Promise((res) => hostServer.listen(0, "127.0.0.1", res));
+  t.after(() => new Promise((res) => hostServer.close(res)));
+  const host = `http://127.0.0.1:${hostServer.address().port}`;
+  const tokenFor = async (server, user) => {
+    const res = await fetch(`${server.url}/demo/token`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ user_id: user }) });
+    return (await res.json()).token;
+  };
+  const postToken = (hostPage, token, chatOrigin) =>
+    hostPage.evaluate(
+      ({ token, chatOrigin }) => document.getElementById("chat").contentWindow.postMessage({ type: "matchchat:token", token }, chatOrigin),
+      { token, chatOrigin },
+    );
+
+  // 1. The host is not listed (another origin is).
+  const unlisted = await serverFor(t, { CHAT_FRAME_ANCESTORS: "https://app.example.com" });
+  assert.deepEqual(await (await fetch(`${unlisted.url}/embed-config`)).json(), { frame_ancestors: ["https://app.example.com"] });
+  const csp = (await fetch(`${unlisted.url}/`)).headers.get("content-security-policy");
+  assert.match(csp, /frame-ancestors 'self' https:\/\/app\.example\.com(;|$)/);
+  // The browser would not even render the frame (CSP frame-ancestors). Take that header out
+  // of the way, so that what is tested is the page's own check, which must hold without it.
+  const ctx = await contextFor(t);
+  await ctx.route(
+    (url) => url.origin === unlisted.url && url.pathname === "/",
+    async (route) => {
+      const response = await route.fetch();
+      const headers = { ...response.headers(), "content-security-policy": csp.replace(/frame-ancestors [^;]*/, "frame-ancestors *") };
+      await route.fulfill({ response, headers });
+    },
+  );
+  const hostPage = await ctx.newPage();
+  const warned = hostPage.waitForEvent("console", { predicate: (m) => m.type() === "warning" && m.text().includes("parent_origin"), timeout: WAIT });
+  await hostPage.goto(`${host}/?chat=${encodeURIComponent(unlisted.url)}`);
+  const frame = hostPage.frameLocator("#chat");
+  await frame.locator('[data-testid="demo-bob"]').waitFor({ timeout: WAIT }); // the page runs in the frame
+  assert.match((await warned).text(), new RegExp(`parent_origin "${host.replace(/[.]/g, "\\.")}" ignored`));
+  await postToken(hostPage, await tokenFor(unlisted, "bob"), unlisted.url);
+  // A negative check needs an observation window: had the token been taken, the chat would
+  // mount and connect within it.
+  const until = Date.now() + 1500;
+  await hostPage.waitForFunction((until) => Date.now() >= until, until, { timeout: WAIT, polling: 100 });
+  const chatFrame = hostPage.frames().find((f) => f.url().startsWith(unlisted.url));
+  assert.equal(await chatFrame.evaluate(() => window.matchchat.client), null, "no chat was started with the token");
+  assert.equal(await frame.locator('[data-testid="connection"]').count(), 0);
+  assert.equal(await frame.locator('[data-testid="demo-bob"]').isVisible(), true, "still at the sign-in gate");
+  assert.deepEqual(await hostPage.evaluate(() => window.fromChat), [], "nothing was posted to the unlisted parent");
+
+  // 2. The same host page, listed: the browser frames the page, and the token starts the chat.
+  const listed = await serverFor(t, { CHAT_FRAME_ANCESTORS: host });
+  assert.deepEqual(await (await fetch(`${listed.url}/embed-config`)).json(), { frame_ancestors: [host] });
+  assert.match((await fetch(`${listed.url}/`)).headers.get("content-security-policy"), new RegExp(`frame-ancestors 'self' ${host.replace(/[.]/g, "\\.")}(;|$)`));
+  const hostPage2 = await (await contextFor(t)).newPage();
+  await hostPage2.goto(`${host}/?chat=${encodeURIComponent(listed.url)}`);
+  const frame2 = hostPage2.frameLocator("#chat");
+  await frame2.locator('[data-testid="demo-bob"]').waitFor({ timeout: WAIT });
+  await hostPage2.waitForFunction((origin) => window.fromChat.some((m) => m.origin === origin && m.data.type === "matchchat:loaded"), listed.url, { timeout: WAIT });
+  await postToken(hostPage2, await tokenFor(listed, "bob"), listed.url);
+  await frame2.locator('[data-testid="connection"][data-state="open"]').waitFor({ state: "attached", timeout: WAIT });
+  assert.equal(await frame2.locator(".me").textContent(), "bob");
+  await hostPage2.waitForFunction(
+    (origin) => window.fromChat.some((m) => m.origin === origin && m.data.type === "matchchat:connected" && m.data.user_id === "bob"),
+    listed.url,
+    { timeout: WAIT },
+  );
 });

@@ -1,9 +1,22 @@
-// The page's body rule must match the server's (crates/chat-domain/src/body.rs): these are
-// that file's cases, run against web/chat-client.js in Node (no browser needed).
+// web/chat-client.js in Node (no browser needed):
+// - the page's body rule must match the server's (crates/chat-domain/src/body.rs): these are
+//   that file's cases;
+// - ChatClient over a scripted fake WebSocket: auth, reconnect, re-send, the outbox in
+//   storage, a history request that times out, an expired token (paths the browser tests
+//   reach only partly).
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { countChars, normalizeNewlines, validateBody, newClientMsgId, MAX_BODY_CHARS, HISTORY_WINDOW } from "../../web/chat-client.js";
+import {
+  ChatClient,
+  ChatError,
+  countChars,
+  normalizeNewlines,
+  validateBody,
+  newClientMsgId,
+  MAX_BODY_CHARS,
+  HISTORY_WINDOW,
+} from "../../web/chat-client.js";
 
 const code = (text) => validateBody(text).code;
 
@@ -33,8 +46,61 @@ test("combining marks count on their own", () => {
 
 test("blank and empty bodies are refused (Rust's White_Space, not JS trim)", () => {
   for (const blank of ["", "   ", "\n\n", "\u3000", "\u00a0\u2028"]) assert.equal(code(blank), "body_empty", JSON.stringify(blank));
-  // U+FEFF is whitespace to JS's trim() but not to Rust's char::is_whitespace: the server takes it.
-  assert.equal(code("\ufeff"), null);
+  // U+FEFF is whitespace to JS's trim() but not to Rust's char::is_whitespace; it is one of
+  // body.rs's invisible characters, though, so alone it is empty too.
+  assert.equal(code("\ufeff"), "body_empty");
+});
+
+test("bodies with no visible character are empty; beside a visible one those characters stay", () => {
+  for (const invisible of ["\u200b", "\u200d\ufeff", " \u2060 ", "\u3164", "\ufe0f\n"]) {
+    assert.equal(code(invisible), "body_empty", JSON.stringify(invisible));
+  }
+  assert.equal(code("\u{1F468}\u200d\u{1F469}\u200d\u{1F467}"), null); // a family emoji, joined with U+200D
+  assert.equal(code("a\u200b"), null);
+  assert.equal(validateBody("\u200b").reason, "Write something first.");
+});
+
+test("every character of body.rs's INVISIBLE list is invisible, and only those (with White_Space)", () => {
+  const ranges = [
+    [0x00ad, 0x00ad], [0x034f, 0x034f], [0x061c, 0x061c], [0x115f, 0x1160], [0x17b4, 0x17b5],
+    [0x180b, 0x180f], [0x200b, 0x200f], [0x202a, 0x202e], [0x2060, 0x206f], [0x2800, 0x2800],
+    [0x3164, 0x3164], [0xfe00, 0xfe0f], [0xfeff, 0xfeff], [0xffa0, 0xffa0], [0xfff9, 0xfffb],
+    [0x1bca0, 0x1bca3], [0x1d173, 0x1d17a], [0xe0000, 0xe007f], [0xe0100, 0xe01ef],
+  ];
+  const whiteSpace = [0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x20, 0x85, 0xa0, 0x1680, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000];
+  for (let c = 0x2000; c <= 0x200a; c += 1) whiteSpace.push(c);
+  const invisible = (c) => whiteSpace.includes(c) || ranges.some(([lo, hi]) => c >= lo && c <= hi);
+  for (let c = 0; c <= 0x10ffff; c += 1) {
+    if (c >= 0xd800 && c <= 0xdfff) continue; // not scalar values
+    const ch = String.fromCodePoint(c);
+    assert.equal(code(ch) === "body_empty", invisible(c), `U+${c.toString(16).toUpperCase().padStart(4, "0")}`);
+  }
+});
+
+test("unpaired direction controls are refused, paired ones are not", () => {
+  for (const spoof of [
+    "safe\u202egnp.exe",
+    "a\u2067b",
+    "a\u202c",
+    "a\u2069",
+    "\u2066a\u202c",
+    "\u202ba\u2067b\u202c\u2069",
+    "\u202ea\nb\u202c",
+  ]) {
+    assert.equal(code(spoof), "body_invalid", JSON.stringify(spoof));
+    assert.equal(validateBody(spoof).reason, "Unpaired direction-control characters can't be sent.");
+  }
+  for (const paired of ["a\u2067b\u2069", "\u202ba\u2066b\u2069\u202c", "x\u202ey\u202c\nz"]) {
+    assert.equal(code(paired), null, JSON.stringify(paired));
+  }
+});
+
+test("the checks run in the server's order: empty, too long, control characters, bidi", () => {
+  assert.equal(code("\u202e"), "body_empty"); // an opener alone shows nothing
+  assert.equal(code(`${"a".repeat(161)}\u202e\t`), "body_too_long");
+  const both = validateBody("a\u202e\tb");
+  assert.equal(both.code, "body_invalid");
+  assert.equal(both.reason, "Tabs and control characters can't be sent.");
 });
 
 test("control characters other than newline are refused", () => {
@@ -51,4 +117,227 @@ test("client_msg_ids are 1..64 characters and unique", () => {
   const ids = new Set(Array.from({ length: 1000 }, newClientMsgId));
   assert.equal(ids.size, 1000);
   for (const id of ids) assert.ok(id.length >= 1 && id.length <= 64);
+});
+
+// ---- ChatClient over a fake WebSocket ------------------------------------------------------
+
+/** A WebSocket the test plays the server for. */
+class FakeSocket {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    this.closedWith = null;
+    FakeSocket.all.push(this);
+    setTimeout(() => {
+      this.readyState = 1;
+      this.onopen?.();
+    }, 0);
+  }
+  send(data) {
+    this.sent.push(JSON.parse(data));
+  }
+  close(code = 1000, reason = "") {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.closedWith = { code, reason };
+    setTimeout(() => this.onclose?.({ code, reason }), 0);
+  }
+  /** The server sends a frame. */
+  receive(frame) {
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+  /** The server (or the network) closes the connection. */
+  drop(code, reason = "") {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+}
+
+function memoryStorage() {
+  const m = new Map();
+  return {
+    getItem: (k) => (m.has(k) ? m.get(k) : null),
+    setItem: (k, v) => m.set(k, String(v)),
+    removeItem: (k) => m.delete(k),
+  };
+}
+
+/** Waits for a condition, polling, with a bound. */
+async function until(cond, what, timeoutMs = 5000) {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const ROOM = { room_id: "r1", members: ["alice", "bob"], last_seq: 0, unread: 0, closed: false };
+
+function newClient(options = {}) {
+  FakeSocket.all = [];
+  const client = new ChatClient({ url: "ws://chat.test/ws", token: "t1", minDelayMs: 1, maxDelayMs: 5, WebSocket: FakeSocket, storage: null, ...options });
+  const events = [];
+  for (const type of ["state", "ready", "authrequired", "failed"]) client.addEventListener(type, (e) => events.push([type, e.detail]));
+  return { client, events, states: () => events.filter(([t]) => t === "state").map(([, d]) => d.state) };
+}
+
+async function openSocket(n, token = "t1") {
+  await until(() => FakeSocket.all.length >= n && FakeSocket.all[n - 1].sent.length >= 1, `socket ${n} to send auth`);
+  const ws = FakeSocket.all[n - 1];
+  assert.deepEqual(ws.sent[0], { type: "auth", token });
+  return ws;
+}
+
+test("ChatClient: auth, send, a dropped connection, reconnect and re-send with the same client_msg_id; the outbox is stored", async () => {
+  const storage = memoryStorage();
+  const { client, states } = newClient({ storage });
+  client.connect();
+  const ws1 = await openSocket(1);
+  assert.equal(ws1.url, "ws://chat.test/ws");
+  assert.equal(client.state, "connecting");
+  ws1.receive({ type: "ready", user_id: "alice", rooms: [ROOM] });
+  assert.equal(client.state, "open");
+  assert.equal(client.userId, "alice");
+  assert.equal(client.getRooms()[0].peer, "bob");
+
+  const item = client.send("r1", "hi\r\nthere");
+  assert.equal(item.body, "hi\nthere");
+  assert.equal(item.state, "sending");
+  assert.deepEqual(ws1.sent[1], { type: "send", room_id: "r1", client_msg_id: item.client_msg_id, body: "hi\nthere" });
+  const saved = JSON.parse(storage.getItem("matchchat:outbox:alice"));
+  assert.deepEqual(
+    saved.map((s) => [s.client_msg_id, s.body, s.state]),
+    [[item.client_msg_id, "hi\nthere", "sending"]],
+  );
+  assert.throws(() => client.send("r1", "\u200b"), (e) => e instanceof ChatError && e.code === "body_empty");
+  assert.throws(() => client.send("nope", "hi"), (e) => e instanceof ChatError && e.code === "unknown_room");
+
+  // The connection drops: reconnecting, a new socket, auth again, the send goes out again.
+  ws1.drop(1006);
+  assert.equal(client.state, "reconnecting");
+  assert.deepEqual(client.lastClose, { code: 1006, reason: "" });
+  assert.deepEqual(client.getMessages("r1").map((m) => [m.body, m.state]), [["hi\nthere", "sending"]]);
+  const ws2 = await openSocket(2);
+  ws2.receive({ type: "ready", user_id: "alice", rooms: [ROOM] });
+  await until(() => ws2.sent.some((f) => f.type === "send"), "the re-send");
+  assert.deepEqual(ws2.sent.filter((f) => f.type === "send"), [{ type: "send", room_id: "r1", client_msg_id: item.client_msg_id, body: "hi\nthere" }]);
+
+  // The server's copy confirms it: out of the outbox and out of storage.
+  ws2.receive({ type: "message", room_id: "r1", message: { seq: 1, sender_id: "alice", body: "hi\nthere", client_msg_id: item.client_msg_id, sent_at: "2026-11-30T12:00:00.000000Z", seen_at: null } });
+  assert.deepEqual(client.getMessages("r1"), []); // the room's window is not loaded
+  assert.equal(client.getRoom("r1").last_message.body, "hi\nthere");
+  assert.equal(client.getRoom("r1").last_seq, 1);
+  assert.equal(storage.getItem("matchchat:outbox:alice"), null);
+
+  // Nothing of the client's inner state is public any more.
+  assert.deepEqual(Object.keys(client), []);
+  assert.equal(client._ws, undefined);
+
+  client.disconnect();
+  assert.equal(client.state, "closed");
+  assert.deepEqual(ws2.closedWith, { code: 1000, reason: "bye" });
+  assert.deepEqual(states(), ["connecting", "open", "reconnecting", "open", "closed"]);
+});
+
+test("ChatClient: unconfirmed sends in storage survive a new client (a reload) and go out after ready", async () => {
+  const storage = memoryStorage();
+  const first = newClient({ storage });
+  first.client.connect();
+  const ws1 = await openSocket(1);
+  ws1.receive({ type: "ready", user_id: "alice", rooms: [ROOM] });
+  ws1.drop(1006);
+  const a = first.client.send("r1", "one");
+  const b = first.client.send("r1", "two");
+  first.client.disconnect();
+
+  const second = newClient({ storage });
+  second.client.connect();
+  const ws2 = await openSocket(1);
+  ws2.receive({ type: "ready", user_id: "alice", rooms: [ROOM] });
+  assert.deepEqual(second.client.getMessages("r1").map((m) => [m.client_msg_id, m.state]), [
+    [a.client_msg_id, "sending"],
+    [b.client_msg_id, "sending"],
+  ]);
+  await until(() => ws2.sent.filter((f) => f.type === "send").length === 2, "both re-sends");
+  assert.deepEqual(ws2.sent.filter((f) => f.type === "send").map((f) => [f.client_msg_id, f.body]), [
+    [a.client_msg_id, "one"],
+    [b.client_msg_id, "two"],
+  ]);
+  second.client.disconnect();
+});
+
+test("ChatClient: a history request without an answer drops the connection; the catch-up loads the room after reconnecting", async () => {
+  const { client } = newClient({ requestTimeoutMs: 50 });
+  client.connect();
+  const ws1 = await openSocket(1);
+  ws1.receive({ type: "ready", user_id: "alice", rooms: [{ ...ROOM, last_seq: 2, unread: 2 }] });
+  await until(() => ws1.sent.some((f) => f.type === "history"), "the preview request");
+  ws1.receive({ type: "history", room_id: "r1", messages: [] }); // the room list's preview: answered
+  const load = client.loadRoom("r1");
+  await until(() => ws1.sent.filter((f) => f.type === "history").length === 2, "the load request");
+  await assert.rejects(load, (e) => e instanceof ChatError && e.code === "offline");
+  assert.deepEqual(ws1.closedWith, { code: 4000, reason: "request_timeout" });
+  assert.deepEqual(client.lastClose, { code: 4000, reason: "request_timeout" });
+
+  const ws2 = await openSocket(2);
+  ws2.receive({ type: "ready", user_id: "alice", rooms: [{ ...ROOM, last_seq: 2, unread: 2 }] });
+  await until(() => ws2.sent.some((f) => f.type === "history"), "the catch-up request");
+  assert.deepEqual(ws2.sent.find((f) => f.type === "history"), { type: "history", room_id: "r1" });
+  const at = "2026-11-30T12:00:00.000000Z";
+  ws2.receive({
+    type: "history",
+    room_id: "r1",
+    messages: [
+      { seq: 1, sender_id: "bob", body: "hey", client_msg_id: "b1", sent_at: at, seen_at: null },
+      { seq: 2, sender_id: "bob", body: "you there?", client_msg_id: "b2", sent_at: at, seen_at: null },
+    ],
+  });
+  await until(() => client.getRoom("r1").loaded, "the room to be loaded");
+  assert.deepEqual(client.getMessages("r1").map((m) => [m.seq, m.body, m.state, m.own]), [
+    [1, "hey", "sent", false],
+    [2, "you there?", "sent", false],
+  ]);
+  assert.equal(client.getRoom("r1").unread, 2);
+  assert.equal(client.markSeen("r1", 2), true);
+  assert.deepEqual(ws2.sent.at(-1), { type: "seen", room_id: "r1", up_to_seq: 2 });
+  assert.equal(client.getRoom("r1").unread, 0);
+  assert.equal(client.markSeen("r1", 2), false, "only a higher watermark is sent");
+  client.disconnect();
+});
+
+test("ChatClient: an expired token without getToken waits for setToken(), then connects with the new one", async () => {
+  const { client, events } = newClient();
+  client.connect();
+  const ws1 = await openSocket(1);
+  ws1.receive({ type: "ready", user_id: "alice", rooms: [ROOM] });
+  ws1.drop(1008, "token_expired");
+  assert.equal(client.state, "closed");
+  assert.deepEqual(events.filter(([t]) => t === "authrequired"), [["authrequired", { reason: "token_expired" }]]);
+  client.setToken("t2");
+  const ws2 = await openSocket(2, "t2");
+  ws2.receive({ type: "ready", user_id: "alice", rooms: [ROOM] });
+  assert.equal(client.state, "open");
+  client.disconnect();
+});
+
+test("ChatClient: a refused send fails with the reason; rate_limited is retried by the client first", async () => {
+  const { client, events } = newClient();
+  client.connect();
+  const ws = await openSocket(1);
+  ws.receive({ type: "ready", user_id: "alice", rooms: [ROOM] });
+  const item = client.send("r1", "hello");
+  ws.receive({ type: "error", code: "rate_limited", message: "slow down", ref: item.client_msg_id });
+  assert.equal(client.getMessages("r1")[0].state, "sending", "retried by itself, not failed");
+  await until(() => ws.sent.filter((f) => f.type === "send").length === 2, "the automatic retry", 5000);
+  ws.receive({ type: "error", code: "room_closed", message: "closed", ref: item.client_msg_id });
+  const [failed] = client.getMessages("r1");
+  assert.equal(failed.state, "failed");
+  assert.deepEqual(failed.error, { code: "room_closed", message: "This conversation has ended." });
+  assert.equal(client.getRoom("r1").closed, true);
+  assert.deepEqual(events.filter(([t]) => t === "failed").map(([, d]) => d.code), ["room_closed"]);
+  assert.equal(client.discard("r1", item.client_msg_id), true);
+  assert.deepEqual(client.getMessages("r1"), []);
+  client.disconnect();
 });

@@ -319,3 +319,58 @@ export async function serviceApi(server, method, path, body) {
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
   return text ? JSON.parse(text) : null;
 }
+
+/**
+ * Sends each body over a new WebSocket as `user` (no page code), from a blank page of the
+ * server's origin, into the user's first open room. Resolves with one outcome per body, in
+ * order: `null` when the server stored it, else the code of its `error` frame.
+ */
+export async function sendRaw(browser, baseUrl, user, bodies) {
+  const ctx = await browser.newContext();
+  try {
+    const page = await ctx.newPage();
+    await page.goto(`${baseUrl}/healthz`);
+    return await page.evaluate(
+      async ({ user, bodies }) => {
+        const res = await fetch("/demo/token", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ user_id: user }),
+        });
+        const { token } = await res.json();
+        return await new Promise((resolve, reject) => {
+          const ws = new WebSocket(`ws://${location.host}/ws`);
+          const timer = setTimeout(() => reject(new Error("raw sends timed out")), 20_000);
+          const outcomes = new Map();
+          const settle = (ref, outcome) => {
+            if (!ref || !ref.startsWith("raw-") || outcomes.has(ref)) return;
+            outcomes.set(ref, outcome);
+            if (outcomes.size === bodies.length) {
+              clearTimeout(timer);
+              ws.close();
+              resolve(bodies.map((_, i) => outcomes.get(`raw-${i}`)));
+            }
+          };
+          ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token }));
+          ws.onmessage = (ev) => {
+            const f = JSON.parse(ev.data);
+            if (f.type === "ready") {
+              const room = f.rooms.find((r) => !r.closed);
+              bodies.forEach((body, i) => ws.send(JSON.stringify({ type: "send", room_id: room.room_id, client_msg_id: `raw-${i}`, body })));
+            } else if (f.type === "message") {
+              settle(f.message.client_msg_id, null);
+            } else if (f.type === "error") {
+              settle(f.ref, f.code);
+            }
+          };
+          ws.onclose = (ev) => {
+            if (outcomes.size < bodies.length) reject(new Error(`closed ${ev.code} ${ev.reason}`));
+          };
+        });
+      },
+      { user, bodies },
+    );
+  } finally {
+    await ctx.close();
+  }
+}
