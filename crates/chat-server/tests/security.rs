@@ -134,10 +134,14 @@ async fn d1_a_client_that_stops_reading_is_closed_and_its_memory_freed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let after = server.rss_kib();
+    let threads = server.threads();
     eprintln!(
-        "D1: closed after {freed:?}; RSS baseline {baseline} KiB, peak {peak} KiB (+{}), after {after} KiB",
+        "D1: closed after {freed:?}; RSS baseline {baseline} KiB, peak {peak} KiB (+{}), after {after} KiB; {threads} threads",
         peak.saturating_sub(baseline)
     );
+    // D9: 2 core workers + at most 16 blocking threads + 2 HTTP workers + the actix system,
+    // signal and timer threads.
+    assert!(threads <= 28, "{threads} threads: the blocking pool is not bounded");
     // Write timeout (2 s) for the task, then up to 2 s more for the kernel to drop the
     // socket, plus the polling step and scheduling slack.
     assert!(

@@ -168,13 +168,22 @@ impl Server {
 
     /// The server's resident memory in KiB (Linux `/proc`).
     pub fn rss_kib(&self) -> u64 {
+        self.proc_status("VmRSS:")
+    }
+
+    /// The server's thread count (Linux `/proc`).
+    pub fn threads(&self) -> u64 {
+        self.proc_status("Threads:")
+    }
+
+    fn proc_status(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("read /proc status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS line")
+            .unwrap_or_else(|| panic!("no {field} line"))
     }
 
     pub fn pid(&self) -> u32 {
