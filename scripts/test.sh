@@ -55,19 +55,11 @@ run_cargo_tests() {
     fi
 }
 
-# ---------------------------------------------------------------------------------------
-# BROWSER TESTS HOOK — owned by the web/browser-test engineer.
-# Add the browser suite here. It runs after the Rust tests, with DATABASE_URL still set
-# and the throwaway PostgreSQL still running. Until tests/browser/run.sh exists this
-# only says so.
-# ---------------------------------------------------------------------------------------
+# The browser suite (tests/browser/run.sh): after the Rust tests, with DATABASE_URL still set
+# and the throwaway PostgreSQL still running.
 run_browser_tests() {
-    if [[ -x tests/browser/run.sh ]]; then
-        step "browser tests (tests/browser/run.sh)"
-        tests/browser/run.sh
-    else
-        step "browser tests: none yet (tests/browser/run.sh does not exist)"
-    fi
+    step "browser tests (tests/browser/run.sh)"
+    tests/browser/run.sh
 }
 
 start_postgres

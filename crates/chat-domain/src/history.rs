@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn cursors() {
-        let five = Seq::new(5).unwrap_or_else(|e| panic!("{e}"));
+        let five = Seq::new(5).unwrap();
         assert_eq!(
             HistoryPage::from_cursors(None, None, None),
             Ok(HistoryPage::latest())

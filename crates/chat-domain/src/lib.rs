@@ -6,6 +6,7 @@
 //! every rule. Callers pass the current time in.
 
 pub mod body;
+pub mod clock;
 pub mod error;
 pub mod history;
 pub mod ids;
@@ -18,6 +19,7 @@ pub mod seen;
 pub mod timestamp;
 
 pub use body::Body;
+pub use clock::{Clock, FixedClock};
 pub use error::DomainError;
 pub use history::HistoryPage;
 pub use ids::{ClientMsgId, RoomId, Seq, UserId};

@@ -279,12 +279,12 @@ mod tests {
         let f: ClientFrame = serde_json::from_value(
             json!({"type":"send","room_id":"r1","client_msg_id":"c1","body":"hi"}),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert!(matches!(f, ClientFrame::Send { ref body, .. } if body == "hi"));
         let f: ClientFrame = serde_json::from_value(
             json!({"type":"history","room_id":"r1","before_seq":5,"limit":10}),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert!(matches!(
             f,
             ClientFrame::History {
@@ -295,8 +295,7 @@ mod tests {
             }
         ));
         let f: ClientFrame =
-            serde_json::from_value(json!({"type":"history","room_id":"r1","after_seq":0}))
-                .unwrap_or_else(|e| panic!("{e}"));
+            serde_json::from_value(json!({"type":"history","room_id":"r1","after_seq":0})).unwrap();
         assert!(matches!(
             f,
             ClientFrame::History {
@@ -316,14 +315,13 @@ mod tests {
     #[test]
     fn server_frames_serialize_to_the_documented_json() {
         let f = ServerFrame::error(ErrorCode::BodyTooLong, "too long", Some("c1".into()));
-        let v: serde_json::Value =
-            serde_json::from_str(&f.to_json()).unwrap_or_else(|e| panic!("{e}"));
+        let v: serde_json::Value = serde_json::from_str(&f.to_json()).unwrap();
         assert_eq!(
             v,
             json!({"type":"error","code":"body_too_long","message":"too long","ref":"c1"})
         );
         let f = ServerFrame::RoomClosed {
-            room_id: RoomId::new("r1").unwrap_or_else(|e| panic!("{e}")),
+            room_id: RoomId::new("r1").unwrap(),
         };
         assert_eq!(f.to_json(), r#"{"type":"room_closed","room_id":"r1"}"#);
     }

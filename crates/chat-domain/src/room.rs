@@ -109,16 +109,15 @@ mod tests {
     use super::*;
 
     fn user(s: &str) -> UserId {
-        UserId::new(s).unwrap_or_else(|e| panic!("{e}"))
+        UserId::new(s).unwrap()
     }
 
     fn room(closed: bool) -> Room {
         Room {
-            id: RoomId::new("r1").unwrap_or_else(|e| panic!("{e}")),
-            members: Members::new(user("bob"), user("alice")).unwrap_or_else(|e| panic!("{e}")),
-            created_at: Timestamp::from_unix_micros(0).unwrap_or_else(|e| panic!("{e}")),
-            closed_at: closed
-                .then(|| Timestamp::from_unix_micros(5).unwrap_or_else(|e| panic!("{e}"))),
+            id: RoomId::new("r1").unwrap(),
+            members: Members::new(user("bob"), user("alice")).unwrap(),
+            created_at: Timestamp::from_unix_micros(0).unwrap(),
+            closed_at: closed.then(|| Timestamp::from_unix_micros(5).unwrap()),
         }
     }
 
@@ -135,7 +134,7 @@ mod tests {
 
     #[test]
     fn other_member() {
-        let m = Members::new(user("alice"), user("bob")).unwrap_or_else(|e| panic!("{e}"));
+        let m = Members::new(user("alice"), user("bob")).unwrap();
         assert_eq!(m.other(&user("alice")), Ok(&user("bob")));
         assert_eq!(m.other(&user("bob")), Ok(&user("alice")));
         assert_eq!(m.other(&user("mallory")), Err(DomainError::NotAMember));

@@ -110,31 +110,31 @@ mod tests {
     use proptest::prelude::*;
 
     fn user(s: &str) -> UserId {
-        UserId::new(s).unwrap_or_else(|e| panic!("{e}"))
+        UserId::new(s).unwrap()
     }
     fn ts(micros: i64) -> Timestamp {
-        Timestamp::from_unix_micros(micros).unwrap_or_else(|e| panic!("{e}"))
+        Timestamp::from_unix_micros(micros).unwrap()
     }
     fn seq(n: u64) -> Seq {
-        Seq::new(n).unwrap_or_else(|e| panic!("{e}"))
+        Seq::new(n).unwrap()
     }
     fn room() -> Room {
         Room {
-            id: RoomId::new("r").unwrap_or_else(|e| panic!("{e}")),
-            members: Members::new(user("alice"), user("bob")).unwrap_or_else(|e| panic!("{e}")),
+            id: RoomId::new("r").unwrap(),
+            members: Members::new(user("alice"), user("bob")).unwrap(),
             created_at: ts(0),
             closed_at: None,
         }
     }
     fn msg(n: u64, sender: &str, sent: i64) -> Message {
         Message {
-            room_id: RoomId::new("r").unwrap_or_else(|e| panic!("{e}")),
+            room_id: RoomId::new("r").unwrap(),
             seq: seq(n),
             sender_id: user(sender),
-            body: Body::new("hi").unwrap_or_else(|e| panic!("{e}")),
+            body: Body::new("hi").unwrap(),
             sent_at: ts(sent),
             seen_at: None,
-            client_msg_id: ClientMsgId::new(format!("c{n}")).unwrap_or_else(|e| panic!("{e}")),
+            client_msg_id: ClientMsgId::new(format!("c{n}")).unwrap(),
         }
     }
     fn wm(reader: &str, n: u64) -> Watermark {
@@ -191,8 +191,7 @@ mod tests {
             msg(3, "alice", 3),
             msg(4, "alice", 4),
         ];
-        let out = apply_watermark(&room(), &mut ms, &wm("bob", 3), ts(10))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let out = apply_watermark(&room(), &mut ms, &wm("bob", 3), ts(10)).unwrap();
         assert_eq!(out.marked, vec![seq(1), seq(3)]);
         assert_eq!(out.up_to, seq(3));
         assert!(ms[1].seen_at.is_none(), "bob's own message stays unseen");
@@ -202,11 +201,9 @@ mod tests {
     #[test]
     fn a_watermark_that_goes_backwards_marks_nothing() {
         let mut ms = vec![msg(1, "alice", 1), msg(2, "alice", 2)];
-        let first = apply_watermark(&room(), &mut ms, &wm("bob", 2), ts(10))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let first = apply_watermark(&room(), &mut ms, &wm("bob", 2), ts(10)).unwrap();
         assert!(first.changed());
-        let back = apply_watermark(&room(), &mut ms, &wm("bob", 1), ts(30))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let back = apply_watermark(&room(), &mut ms, &wm("bob", 1), ts(30)).unwrap();
         assert!(!back.changed());
         assert!(ms.iter().all(|m| m.seen_at == Some(ts(10))));
     }
@@ -214,8 +211,7 @@ mod tests {
     #[test]
     fn a_watermark_beyond_the_last_seq_is_clamped() {
         let mut ms = vec![msg(1, "alice", 1), msg(2, "alice", 2)];
-        let out = apply_watermark(&room(), &mut ms, &wm("bob", 1000), ts(10))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let out = apply_watermark(&room(), &mut ms, &wm("bob", 1000), ts(10)).unwrap();
         assert_eq!(out.up_to, seq(2));
         assert_eq!(out.marked.len(), 2);
         assert_eq!(clamp_watermark(seq(9), None), None);

@@ -10,7 +10,7 @@ use crate::auth::DEFAULT_TOKEN_TTL_SECS;
 use chat_domain::protocol::ApiErrorCode;
 
 use crate::error::ServerError;
-use crate::state::{AppState, now};
+use crate::state::AppState;
 
 /// Largest request body the API reads (`413 payload_too_large` beyond).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -95,9 +95,7 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ServerError> {
-    state
-        .store_call(|store| async move { store.ping().await })
-        .await?;
+    state.store.ping().await?;
     Ok(HttpResponse::Ok().content_type("text/plain").body("ready"))
 }
 
@@ -119,9 +117,7 @@ async fn create_room(
             code: ApiErrorCode::InvalidMembers,
             message: "members must be two distinct users".into(),
         })?;
-    let opened = state
-        .store_call(|store| async move { store.open_room(&members, now()).await })
-        .await?;
+    let opened = state.store.open_room(&members, state.clock.now()).await?;
     if opened.created {
         tracing::info!(room = %opened.room.id, "room opened");
     }
@@ -138,9 +134,7 @@ async fn close_room(
 ) -> Result<HttpResponse, ServerError> {
     require_service_key(&req, &state)?;
     let room_id = RoomId::new(path.into_inner()).map_err(|_| ServerError::UnknownRoom)?;
-    let room = state
-        .store_call(|store| async move { store.close_room(&room_id, now()).await })
-        .await?;
+    let room = state.store.close_room(&room_id, state.clock.now()).await?;
     tracing::info!(room = %room.id, "room closed");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -168,7 +162,7 @@ async fn issue_token(
 pub fn token_for(state: &AppState, user: &UserId, ttl: u64) -> Result<TokenIssued, ServerError> {
     let (token, exp) = state
         .tokens
-        .issue(user, now(), ttl)
+        .issue(user, state.clock.now(), ttl)
         .map_err(|_| ServerError::Internal)?;
     let expires_at = Timestamp::from_unix_micros(exp.saturating_mul(1_000_000))
         .map_err(|_| ServerError::Internal)?;

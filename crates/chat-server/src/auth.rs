@@ -162,7 +162,7 @@ mod tests {
     }
 
     fn mint(header: Header, claims: &Claims) -> String {
-        encode(&header, claims, &EncodingKey::from_secret(SECRET)).unwrap_or_else(|e| panic!("{e}"))
+        encode(&header, claims, &EncodingKey::from_secret(SECRET)).unwrap()
     }
 
     fn claims(exp: i64, iat: Option<i64>, nbf: Option<i64>) -> Claims {
@@ -179,35 +179,28 @@ mod tests {
     }
 
     fn alice() -> UserId {
-        UserId::new("alice").unwrap_or_else(|e| panic!("{e}"))
+        UserId::new("alice").unwrap()
     }
 
     #[test]
     fn issued_tokens_verify() {
-        let (token, exp) = keys()
-            .issue(&alice(), now(), 60)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let v = keys()
-            .verify(&token, now())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (token, exp) = keys().issue(&alice(), now(), 60).unwrap();
+        let v = keys().verify(&token, now()).unwrap();
         assert_eq!(v.user, alice());
         assert_eq!(v.expires_at, exp);
     }
 
     #[test]
     fn expired_forged_and_malformed_tokens_are_refused() {
-        let past = Timestamp::from_unix_micros(now().unix_micros() - 7_200_000_000)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (expired, _) = keys()
-            .issue(&alice(), past, 60)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let past = Timestamp::from_unix_micros(now().unix_micros() - 7_200_000_000).unwrap();
+        let (expired, _) = keys().issue(&alice(), past, 60).unwrap();
         assert_eq!(keys().verify(&expired, now()), Err(AuthError::Expired));
         let (forged, _) = TokenKeys::new(
             b"another secret entirely, also 32 bytes",
             MAX_TOKEN_TTL_SECS,
         )
         .issue(&alice(), now(), 60)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(keys().verify(&forged, now()), Err(AuthError::Invalid));
         assert_eq!(keys().verify("not.a.jwt", now()), Err(AuthError::Invalid));
     }

@@ -263,7 +263,7 @@ mod tests {
     fn parse(args: &[&str]) -> Config {
         let mut full = vec!["chat-server"];
         full.extend_from_slice(args);
-        Config::try_parse_from(full).unwrap_or_else(|e| panic!("{e}"))
+        Config::try_parse_from(full).unwrap()
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! can call without a host app. Off unless asked for; the server says so loudly.
 
 use actix_web::{HttpResponse, web};
-use chat_domain::UserId;
+use chat_domain::{Members, Timestamp, UserId};
+use chat_store::{Repository, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{parse_user, read_json, resource, token_for};
+use crate::auth::random_secret;
+use crate::config::Config;
 use chat_domain::protocol::ApiErrorCode;
 
 use crate::error::ServerError;
@@ -30,11 +33,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/demo/token").route(web::post().to(token)));
 }
 
-pub fn users() -> Vec<UserId> {
+fn users() -> Vec<UserId> {
     DEMO_USERS
         .iter()
         .filter_map(|u| UserId::new(*u).ok())
         .collect()
+}
+
+/// Turns demo mode on: says so loudly, generates whichever secret is missing, and opens the
+/// room of alice and bob (idempotent). Returns the demo users.
+pub async fn prepare(
+    config: &mut Config,
+    store: &dyn Repository,
+    now: Timestamp,
+) -> Result<Vec<UserId>, StoreError> {
+    tracing::warn!("DEMO MODE: anyone can log in as alice or bob. Never run this in production.");
+    if config.jwt_secret.is_none() {
+        config.jwt_secret = Some(random_secret());
+    }
+    if config.service_key.is_none() {
+        config.service_key = Some(random_secret());
+        tracing::warn!("demo mode: no CHAT_SERVICE_KEY set, the service API uses a random key");
+    }
+    let users = users();
+    if let [a, b] = users.as_slice() {
+        let members = Members::new(a.clone(), b.clone()).map_err(StoreError::Rule)?;
+        store.open_room(&members, now).await?;
+    }
+    Ok(users)
 }
 
 async fn config(state: web::Data<AppState>) -> Result<HttpResponse, ServerError> {

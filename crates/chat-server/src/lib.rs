@@ -5,34 +5,40 @@
 //! with others in one transaction; the store publishes the committed event; the registry
 //! (`registry.rs`) fans it out to every connection of both members.
 
-pub mod api;
-pub mod assets;
-pub mod auth;
+// Only the configuration is public (main.rs parses it); every other module is the crate's
+// own, so the compiler reports what nothing uses.
 pub mod config;
-pub mod demo;
-pub mod error;
-pub mod origin;
-pub mod ratelimit;
-pub mod registry;
-pub mod state;
-pub mod tcp;
-pub mod writer;
-pub mod ws;
+
+mod api;
+mod assets;
+mod auth;
+mod clock;
+mod demo;
+mod error;
+mod origin;
+mod ratelimit;
+mod registry;
+mod services;
+mod state;
+mod tcp;
+mod writer;
+mod ws;
 
 use std::io::Write;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use actix_web::{App, HttpServer, web};
-use chat_domain::Members;
+use chat_domain::Clock;
 use chat_store::{Backend, StoreConfig};
 
-use crate::auth::{ServiceKey, TokenKeys, random_secret};
+use crate::auth::{ServiceKey, TokenKeys};
+use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::origin::OriginPolicy;
-use crate::ratelimit::{KeyFailures, RequestLimiter, SendLimiter};
-use crate::registry::{RegistryConfig, RegistryHandle};
-use crate::state::{AppState, now};
-use crate::writer::WriterHandle;
+use crate::services::Services;
+use crate::state::AppState;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +56,6 @@ pub enum StartError {
     Runtime(#[from] std::io::Error),
 }
 
-/// Frames a connection's mailbox holds before the connection counts as too slow.
-const MAILBOX_CAPACITY: usize = 256;
-/// Jobs a writer queue holds before senders wait.
-const WRITER_QUEUE: usize = 8192;
 /// How long shutdown waits for sockets to close and writes to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Blocking threads of the core runtime at most. SQLite runs every statement on one
@@ -85,52 +87,19 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         Backend::Postgres { .. } => 4,
         Backend::Sqlite { .. } => 1,
     });
-    let open_config = store_config.clone();
-    let store = on_core(&core, async move { chat_store::open(&open_config).await }).await?;
-
+    // The store runs on the core runtime and may be awaited from anywhere (chat-store's
+    // runtime rule), so handlers on actix's workers call it directly.
+    let store = chat_store::open_on(&store_config, core.clone()).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let demo_users = if config.demo {
-        tracing::warn!(
-            "DEMO MODE: anyone can log in as alice or bob. Never run this in production."
-        );
-        if config.jwt_secret.is_none() {
-            config.jwt_secret = Some(random_secret());
-        }
-        if config.service_key.is_none() {
-            config.service_key = Some(random_secret());
-            tracing::warn!("demo mode: no CHAT_SERVICE_KEY set, the service API uses a random key");
-        }
-        let users = demo::users();
-        if let [a, b] = users.as_slice() {
-            let members =
-                Members::new(a.clone(), b.clone()).map_err(chat_store::StoreError::Rule)?;
-            let demo_store = store.clone();
-            on_core(
-                &core,
-                async move { demo_store.open_room(&members, now()).await },
-            )
-            .await?;
-        }
-        Some(users)
+        Some(demo::prepare(&mut config, store.as_ref(), clock.now()).await?)
     } else {
         None
     };
 
-    let _enter = core.enter();
-    let (registry, registry_task) = RegistryHandle::spawn(
-        RegistryConfig {
-            max_connections_per_user: config.max_connections_per_user,
-            mailbox_capacity: MAILBOX_CAPACITY,
-        },
-        store.events().subscribe(),
-    );
-    let (writer, writer_tasks) =
-        WriterHandle::spawn(store.clone(), writers, config.max_batch, WRITER_QUEUE);
-    let limiter = SendLimiter::new(config.rate_per_sec, config.rate_burst);
-    let requests = RequestLimiter::new(config.request_rate_per_sec, config.request_rate_burst);
-    let key_failures = std::sync::Arc::new(KeyFailures::default());
-    let housekeeping = ratelimit::spawn_housekeeping(&limiter, &requests, &key_failures);
-    drop(_enter);
-
+    let (services, handles) =
+        Services::start(&core, &config, store.clone(), clock.clone(), writers);
+    let registry = handles.registry.clone();
     let frame_ancestors = config.frame_ancestors();
     let state = web::Data::new(AppState {
         tokens: TokenKeys::new(
@@ -139,15 +108,15 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         ),
         service_key: ServiceKey::new(config.service_key.as_deref().unwrap_or_default()),
         origins: OriginPolicy::new(config.origins()),
-        limiter,
-        requests,
-        key_failures,
+        limiter: handles.limiter,
+        requests: handles.requests,
+        key_failures: handles.key_failures,
         page_csp: assets::content_security_policy(&frame_ancestors),
         frame_ancestors,
-        registry: registry.clone(),
-        writer,
-        store: store.clone(),
-        core: core.clone(),
+        registry: handles.registry,
+        writer: handles.writer,
+        store,
+        clock,
         demo_users,
         config: config.clone(),
     });
@@ -183,43 +152,19 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     let server = server.run();
     let handle = server.handle();
 
-    let shutdown_registry = registry.clone();
+    // Shutdown, in the order `services.rs` documents.
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: closing sockets, finishing writes");
-        shutdown_registry.shutdown().await;
-        let left = shutdown_registry.drained(Duration::from_secs(5)).await;
-        if left > 0 {
-            tracing::warn!(left, "connections still open at shutdown");
-        }
+        Services::close_connections(&registry).await;
         handle.stop(true).await;
     });
     server.await?;
-
-    // The HTTP side is gone; dropping the last writer handles lets the writers commit what is
-    // queued and stop.
+    // The HTTP side is gone; dropping the state drops the last writer handles.
     drop(state);
-    for task in writer_tasks {
-        if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
-            tracing::warn!("a writer did not finish in time");
-        }
-    }
-    housekeeping.abort();
-    registry_task.abort();
+    services.finish().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Runs a store call on the core runtime during start-up (before `AppState` exists).
-async fn on_core<T: Send + 'static>(
-    core: &tokio::runtime::Handle,
-    call: impl std::future::Future<Output = Result<T, chat_store::StoreError>> + Send + 'static,
-) -> Result<T, StartError> {
-    let joined = core
-        .spawn(call)
-        .await
-        .map_err(|e| StartError::Runtime(std::io::Error::other(e)))?;
-    Ok(joined?)
 }
 
 async fn wait_for_signal() {

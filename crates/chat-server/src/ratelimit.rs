@@ -186,8 +186,8 @@ mod tests {
     #[test]
     fn each_request_kind_has_its_own_budget_per_user() {
         let limiter = RequestLimiter::new(1, 2);
-        let alice = UserId::new("alice").unwrap_or_else(|e| panic!("{e}"));
-        let bob = UserId::new("bob").unwrap_or_else(|e| panic!("{e}"));
+        let alice = UserId::new("alice").unwrap();
+        let bob = UserId::new("bob").unwrap();
         assert!((0..2).all(|_| limiter.check(&(alice.clone(), RequestKind::History))));
         assert!(!limiter.check(&(alice.clone(), RequestKind::History)));
         assert!(limiter.check(&(alice.clone(), RequestKind::Seen)));
@@ -210,8 +210,8 @@ mod tests {
     #[test]
     fn burst_then_refuse_per_user() {
         let limiter = SendLimiter::new(1, 3);
-        let alice = UserId::new("alice").unwrap_or_else(|e| panic!("{e}"));
-        let bob = UserId::new("bob").unwrap_or_else(|e| panic!("{e}"));
+        let alice = UserId::new("alice").unwrap();
+        let bob = UserId::new("bob").unwrap();
         assert!((0..3).all(|_| limiter.check(&alice)));
         assert!(!limiter.check(&alice));
         assert!(

@@ -173,10 +173,6 @@ impl RegistryHandle {
         let _ = tokio::time::timeout(timeout, count.wait_for(|n| *n == 0)).await;
         *count.borrow()
     }
-
-    pub fn connection_count(&self) -> usize {
-        *self.connections.borrow()
-    }
 }
 
 /// Deregisters a connection on drop.
@@ -365,19 +361,19 @@ mod tests {
     use chat_store::EventBus;
 
     fn user(s: &str) -> UserId {
-        UserId::new(s).unwrap_or_else(|e| panic!("{e}"))
+        UserId::new(s).unwrap()
     }
 
     fn message_event(seq: u64) -> StoreEvent {
-        let members = Members::new(user("alice"), user("bob")).unwrap_or_else(|e| panic!("{e}"));
+        let members = Members::new(user("alice"), user("bob")).unwrap();
         let message = Message {
-            room_id: RoomId::new("r1").unwrap_or_else(|e| panic!("{e}")),
-            seq: Seq::new(seq).unwrap_or_else(|e| panic!("{e}")),
+            room_id: RoomId::new("r1").unwrap(),
+            seq: Seq::new(seq).unwrap(),
             sender_id: user("alice"),
-            body: Body::new("hi").unwrap_or_else(|e| panic!("{e}")),
-            sent_at: Timestamp::from_unix_micros(1).unwrap_or_else(|e| panic!("{e}")),
+            body: Body::new("hi").unwrap(),
+            sent_at: Timestamp::from_unix_micros(1).unwrap(),
             seen_at: None,
-            client_msg_id: ClientMsgId::new(format!("c{seq}")).unwrap_or_else(|e| panic!("{e}")),
+            client_msg_id: ClientMsgId::new(format!("c{seq}")).unwrap(),
         };
         StoreEvent::MessageCommitted { members, message }
     }
@@ -397,22 +393,10 @@ mod tests {
     #[tokio::test]
     async fn fans_out_to_every_connection_of_both_members_only() {
         let (registry, bus) = start(4, 8);
-        let mut alice1 = registry
-            .register(user("alice"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut alice2 = registry
-            .register(user("alice"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut bob = registry
-            .register(user("bob"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut carol = registry
-            .register(user("carol"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut alice1 = registry.register(user("alice")).await.unwrap();
+        let mut alice2 = registry.register(user("alice")).await.unwrap();
+        let mut bob = registry.register(user("bob")).await.unwrap();
+        let mut carol = registry.register(user("carol")).await.unwrap();
         bus.publish(message_event(1));
         for conn in [&mut alice1, &mut alice2, &mut bob] {
             let frame = conn.mailbox.recv().await.unwrap_or_default();
@@ -420,9 +404,9 @@ mod tests {
         }
         // Carol is not a member: the next thing she gets is an event of her own.
         let carol_room = Room {
-            id: RoomId::new("r2").unwrap_or_else(|e| panic!("{e}")),
-            members: Members::new(user("carol"), user("dave")).unwrap_or_else(|e| panic!("{e}")),
-            created_at: Timestamp::from_unix_micros(0).unwrap_or_else(|e| panic!("{e}")),
+            id: RoomId::new("r2").unwrap(),
+            members: Members::new(user("carol"), user("dave")).unwrap(),
+            created_at: Timestamp::from_unix_micros(0).unwrap(),
             closed_at: None,
         };
         bus.publish(StoreEvent::RoomClosed { room: carol_room });
@@ -433,14 +417,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_does_not_read_is_kicked_not_buffered() {
         let (registry, bus) = start(4, 2);
-        let slow = registry
-            .register(user("bob"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut fast = registry
-            .register(user("alice"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let slow = registry.register(user("bob")).await.unwrap();
+        let mut fast = registry.register(user("alice")).await.unwrap();
         for seq in 1..=3 {
             bus.publish(message_event(seq));
             // Alice reads; her mailbox never fills.
@@ -454,14 +432,8 @@ mod tests {
     #[tokio::test]
     async fn caps_connections_per_user_and_frees_a_slot_on_drop() {
         let (registry, _bus) = start(2, 8);
-        let first = registry
-            .register(user("alice"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let _second = registry
-            .register(user("alice"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let first = registry.register(user("alice")).await.unwrap();
+        let _second = registry.register(user("alice")).await.unwrap();
         assert_eq!(
             registry.register(user("alice")).await.err(),
             Some(RegisterError::TooManyConnections)
@@ -480,10 +452,7 @@ mod tests {
     #[tokio::test]
     async fn a_kicked_connection_counts_against_the_cap_until_its_guard_drops() {
         let (registry, bus) = start(1, 1);
-        let stuck = registry
-            .register(user("bob"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let stuck = registry.register(user("bob")).await.unwrap();
         bus.publish(message_event(1));
         bus.publish(message_event(2));
         let Registration {
@@ -506,10 +475,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_kicks_everyone_and_refuses_newcomers() {
         let (registry, _bus) = start(2, 8);
-        let conn = registry
-            .register(user("alice"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let conn = registry.register(user("alice")).await.unwrap();
         registry.shutdown().await;
         assert_eq!(conn.kicked.await.ok(), Some(Kick::Shutdown));
         assert_eq!(

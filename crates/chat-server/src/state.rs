@@ -27,40 +27,7 @@ pub struct AppState {
     pub frame_ancestors: Vec<String>,
     pub page_csp: String,
     pub origins: OriginPolicy,
-    /// The core runtime: store calls, writers and the registry run there, so database
-    /// connections live on one multi-threaded runtime whatever HTTP worker asked for them.
-    pub core: tokio::runtime::Handle,
+    /// The time of day (the system clock; tests of pure logic pass a fixed one).
+    pub clock: Arc<dyn chat_domain::Clock>,
     pub demo_users: Option<Vec<chat_domain::UserId>>,
-}
-
-impl AppState {
-    /// Runs a future on the core runtime and waits for it from an HTTP worker.
-    pub async fn on_core<F, T>(&self, future: F) -> Result<T, crate::error::ServerError>
-    where
-        F: std::future::Future<Output = T> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.core.spawn(future).await.map_err(|error| {
-            tracing::error!(%error, "core task failed");
-            crate::error::ServerError::Internal
-        })
-    }
-}
-
-impl AppState {
-    /// Calls the store on the core runtime: `state.store_call(|store| async move { store.x().await })`.
-    pub async fn store_call<F, Fut, T>(&self, call: F) -> Result<T, crate::error::ServerError>
-    where
-        F: FnOnce(Arc<dyn Repository>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, chat_store::StoreError>> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.on_core(call(self.store.clone()))
-            .await?
-            .map_err(Into::into)
-    }
-}
-
-pub fn now() -> chat_domain::Timestamp {
-    chat_domain::Timestamp::from_datetime(time::OffsetDateTime::now_utc())
 }

@@ -15,10 +15,11 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use chat_domain::{NewMessage, Timestamp};
+use chat_domain::{Clock, NewMessage};
 use chat_store::{Appended, Repository, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 struct Job {
     message: NewMessage,
@@ -44,6 +45,7 @@ impl WriterHandle {
     /// Starts `writers` writer tasks; each queue holds `queue_capacity` jobs before senders wait.
     pub fn spawn(
         store: Arc<dyn Repository>,
+        clock: Arc<dyn Clock>,
         writers: usize,
         max_batch: usize,
         queue_capacity: usize,
@@ -54,12 +56,11 @@ impl WriterHandle {
         for index in 0..writers {
             let (tx, rx) = mpsc::channel(queue_capacity.max(1));
             queues.push(tx);
-            tasks.push(tokio::spawn(run(
-                index,
-                store.clone(),
-                rx,
-                max_batch.max(1),
-            )));
+            // One span per writer: its log lines carry its index.
+            let span = tracing::info_span!("writer", index);
+            tasks.push(tokio::spawn(
+                run(store.clone(), clock.clone(), rx, max_batch.max(1)).instrument(span),
+            ));
         }
         (
             Self {
@@ -104,8 +105,8 @@ fn partition(message: &NewMessage, partitions: usize) -> usize {
 }
 
 async fn run(
-    index: usize,
     store: Arc<dyn Repository>,
+    clock: Arc<dyn Clock>,
     mut queue: mpsc::Receiver<Job>,
     max_batch: usize,
 ) {
@@ -114,8 +115,7 @@ async fn run(
         let (messages, replies): (Vec<_>, Vec<_>) =
             jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
         let count = messages.len();
-        let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
-        match store.append_batch(messages, now).await {
+        match store.append_batch(messages, clock.now()).await {
             Ok(results) if results.len() == count => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     // The sender may have gone away; the message is stored all the same.
@@ -124,7 +124,6 @@ async fn run(
             }
             Ok(results) => {
                 tracing::error!(
-                    writer = index,
                     expected = count,
                     got = results.len(),
                     "store returned a result per message mismatch"
@@ -138,12 +137,12 @@ async fn run(
             Err(error) => {
                 // Nothing of the batch was committed: every sender gets the error and may retry
                 // with the same client_msg_id.
-                tracing::error!(writer = index, batch = count, %error, "group commit failed");
+                tracing::error!(batch = count, %error, "group commit failed");
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
         }
     }
-    tracing::debug!(writer = index, "writer stopped");
+    tracing::debug!("writer stopped");
 }

@@ -141,7 +141,10 @@ async fn d1_a_client_that_stops_reading_is_closed_and_its_memory_freed() {
     );
     // D9: 2 core workers + at most 16 blocking threads + 2 HTTP workers + the actix system,
     // signal and timer threads.
-    assert!(threads <= 28, "{threads} threads: the blocking pool is not bounded");
+    assert!(
+        threads <= 28,
+        "{threads} threads: the blocking pool is not bounded"
+    );
     // Write timeout (2 s) for the task, then up to 2 s more for the kernel to drop the
     // socket, plus the polling step and scheduling slack.
     assert!(

@@ -40,10 +40,24 @@ pub use repository::{Appended, Repository, RoomOpened};
 pub use sqlite::SqliteStore;
 pub use support::redact_url;
 
-/// Opens the store `config` names: PostgreSQL for a `postgres://` URL, SQLite for a file
-/// (created, with its folder, if missing). Runs pending migrations first, so a new database
-/// is ready to use. Errors are `Config` for unusable settings and `Unavailable` when the
-/// database cannot be reached (retryable).
+/// Opens the store `config` names on `runtime`, from any runtime: the store's pool,
+/// background tasks and every later call run on `runtime` (a multi-threaded one), whatever
+/// runtime awaits them. That is the store's one runtime rule; see `support::detached`.
+pub async fn open_on(
+    config: &StoreConfig,
+    runtime: tokio::runtime::Handle,
+) -> Result<Arc<dyn Repository>, StoreError> {
+    let config = config.clone();
+    runtime
+        .spawn(async move { open(&config).await })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("opening the store was cancelled: {e}")))?
+}
+
+/// Opens the store `config` names on the current runtime (see [`open_on`]): PostgreSQL for a
+/// `postgres://` URL, SQLite for a file (created, with its folder, if missing). Runs pending
+/// migrations first, so a new database is ready to use. Errors are `Config` for unusable
+/// settings and `Unavailable` when the database cannot be reached (retryable).
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Repository>, StoreError> {
     match &config.backend {
         Backend::Postgres { url } => {

@@ -52,6 +52,8 @@ type PgPool = Pool<AsyncPgConnection>;
 #[derive(Clone)]
 pub struct PgStore {
     inner: Arc<Inner>,
+    /// The runtime it was opened on: every call runs there (`support::detached`).
+    runtime: tokio::runtime::Handle,
 }
 
 struct Inner {
@@ -89,6 +91,7 @@ impl PgStore {
             "store ready"
         );
         Ok(Self {
+            runtime: tokio::runtime::Handle::current(),
             inner: Arc::new(Inner {
                 pool,
                 events: EventBus::new(config.event_capacity),

@@ -56,6 +56,8 @@ type SqlitePool = Pool<Conn>;
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    /// The runtime it was opened on: every call runs there (`support::detached`).
+    runtime: tokio::runtime::Handle,
 }
 
 struct Inner {
@@ -160,7 +162,10 @@ impl SqliteStore {
             path: path.clone(),
         });
         spawn_checkpointer(Arc::downgrade(&inner));
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            runtime: tokio::runtime::Handle::current(),
+        })
     }
 
     /// The database file.

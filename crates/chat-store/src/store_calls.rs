@@ -5,8 +5,9 @@
 //! locking and event ordering. A backend says how with two small macros and implements
 //! [`StoreCalls`] for the calls that really differ (`ping`, `open_room`, `append_batch`);
 //! [`repository_via_calls!`] then writes the `Repository` impl once for both. It clones the
-//! arguments and runs each call as its own task ([`detached`](crate::support::detached)), so a
-//! dropped caller never abandons a transaction half-way or leaves a commit unannounced.
+//! arguments and runs each call as its own task on the store's runtime
+//! ([`detached`](crate::support::detached)), so any runtime may await it and a dropped caller
+//! never abandons a transaction half-way or leaves a commit unannounced.
 
 use async_trait::async_trait;
 use chat_domain::{Members, NewMessage, Timestamp};
@@ -30,7 +31,9 @@ pub(crate) trait StoreCalls: Send + Sync + 'static {
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError>;
 }
 
-/// `impl Repository for $store`, where `$store` has a field `inner: Arc<impl StoreCalls>`.
+/// `impl Repository for $store`, where `$store` has the fields `inner: Arc<impl StoreCalls>`
+/// and `runtime: tokio::runtime::Handle` (the runtime every call runs on; see
+/// [`crate::support::detached`]).
 ///
 /// `$read!(inner, statement(args))` must run `statements::<backend>::statement(conn, args)` on
 /// a pooled connection; `$write_room!(inner, room_id, statement(args))` must run it in a write
@@ -46,7 +49,7 @@ macro_rules! repository_via_calls {
 
             async fn ping(&self) -> Result<(), $crate::error::StoreError> {
                 let inner = self.inner.clone();
-                $crate::support::detached(async move {
+                $crate::support::detached(&self.runtime, async move {
                     $crate::store_calls::StoreCalls::ping(&*inner).await
                 })
                 .await
@@ -58,7 +61,7 @@ macro_rules! repository_via_calls {
                 now: chat_domain::Timestamp,
             ) -> Result<$crate::repository::RoomOpened, $crate::error::StoreError> {
                 let (inner, members) = (self.inner.clone(), members.clone());
-                $crate::support::detached(async move {
+                $crate::support::detached(&self.runtime, async move {
                     $crate::store_calls::StoreCalls::open_room(&*inner, members, now).await
                 })
                 .await
@@ -69,7 +72,11 @@ macro_rules! repository_via_calls {
                 id: &chat_domain::RoomId,
             ) -> Result<chat_domain::Room, $crate::error::StoreError> {
                 let (inner, id) = (self.inner.clone(), id.clone());
-                $crate::support::detached(async move { $read!(inner, room(id.as_str())) }).await
+                $crate::support::detached(
+                    &self.runtime,
+                    async move { $read!(inner, room(id.as_str())) },
+                )
+                .await
             }
 
             async fn rooms_of(
@@ -77,7 +84,11 @@ macro_rules! repository_via_calls {
                 user: &chat_domain::UserId,
             ) -> Result<Vec<chat_domain::RoomSummary>, $crate::error::StoreError> {
                 let (inner, user) = (self.inner.clone(), user.clone());
-                $crate::support::detached(async move { $read!(inner, rooms_of(&user)) }).await
+                $crate::support::detached(
+                    &self.runtime,
+                    async move { $read!(inner, rooms_of(&user)) },
+                )
+                .await
             }
 
             async fn room_summary(
@@ -86,8 +97,10 @@ macro_rules! repository_via_calls {
                 user: &chat_domain::UserId,
             ) -> Result<chat_domain::RoomSummary, $crate::error::StoreError> {
                 let (inner, id, user) = (self.inner.clone(), id.clone(), user.clone());
-                $crate::support::detached(async move { $read!(inner, room_summary(&id, &user)) })
-                    .await
+                $crate::support::detached(&self.runtime, async move {
+                    $read!(inner, room_summary(&id, &user))
+                })
+                .await
             }
 
             async fn close_room(
@@ -96,7 +109,7 @@ macro_rules! repository_via_calls {
                 now: chat_domain::Timestamp,
             ) -> Result<chat_domain::Room, $crate::error::StoreError> {
                 let (inner, id) = (self.inner.clone(), id.clone());
-                $crate::support::detached(async move {
+                $crate::support::detached(&self.runtime, async move {
                     $write_room!(inner, id.as_str(), close_room(&id, now))
                 })
                 .await
@@ -114,7 +127,7 @@ macro_rules! repository_via_calls {
                     return Ok(Vec::new());
                 }
                 let inner = self.inner.clone();
-                $crate::support::detached(async move {
+                $crate::support::detached(&self.runtime, async move {
                     $crate::store_calls::StoreCalls::append_batch(&*inner, messages, now).await
                 })
                 .await
@@ -127,9 +140,9 @@ macro_rules! repository_via_calls {
                 page: chat_domain::HistoryPage,
             ) -> Result<Vec<chat_domain::Message>, $crate::error::StoreError> {
                 let (inner, room, reader) = (self.inner.clone(), room.clone(), reader.clone());
-                $crate::support::detached(
-                    async move { $read!(inner, history(&room, &reader, page)) },
-                )
+                $crate::support::detached(&self.runtime, async move {
+                    $read!(inner, history(&room, &reader, page))
+                })
                 .await
             }
 
@@ -141,7 +154,7 @@ macro_rules! repository_via_calls {
                 now: chat_domain::Timestamp,
             ) -> Result<chat_domain::SeenOutcome, $crate::error::StoreError> {
                 let (inner, room, reader) = (self.inner.clone(), room.clone(), reader.clone());
-                $crate::support::detached(async move {
+                $crate::support::detached(&self.runtime, async move {
                     $write_room!(inner, room.as_str(), mark_seen(&room, &reader, up_to, now))
                 })
                 .await

@@ -150,18 +150,27 @@ pub(crate) fn pool_error(e: PoolError) -> StoreError {
     }
 }
 
-/// Runs a store call as its own task and waits for it.
+/// Runs a store call as its own task on the store's runtime and waits for it.
 ///
-/// The call then finishes even if the caller's future is dropped (a request timeout, a
-/// client that went away): a transaction is never abandoned half-way, and events for a
-/// commit are always published. SQLite work runs on Tokio's blocking pool through
-/// `SyncConnectionWrapper`, whose futures must not be dropped while running.
-pub(crate) async fn detached<T, F>(work: F) -> Result<T, StoreError>
+/// **The runtime rule.** A store is opened on one multi-threaded Tokio runtime (see
+/// [`crate::open_on`]) and every call runs there, as a task of its own, whatever runtime
+/// awaits it: the pool's connections (their sockets, deadpool's timers, SQLite's blocking
+/// threads) belong to that runtime and must never be driven from another one, such as one
+/// of actix-web's single-threaded workers. Callers just `.await` a `Repository` method.
+///
+/// Being a task of its own, the call also finishes when the caller's future is dropped (a
+/// request timeout, a client that went away): a transaction is never abandoned half-way,
+/// and events for a commit are always published. SQLite work runs on the runtime's blocking
+/// pool through `SyncConnectionWrapper`, whose futures must not be dropped while running.
+pub(crate) async fn detached<T, F>(
+    runtime: &tokio::runtime::Handle,
+    work: F,
+) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, StoreError>> + Send + 'static,
 {
-    match tokio::spawn(work).await {
+    match runtime.spawn(work).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => Err(StoreError::Database(format!("store task panicked: {e}"))),
         Err(e) => Err(StoreError::Unavailable(format!(

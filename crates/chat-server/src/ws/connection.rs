@@ -28,13 +28,14 @@ use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::outbox::{Flow, Frame, Outbox, WriteFailed};
 use crate::auth::{AuthError, Verified};
 use crate::error::ServerError;
 use crate::ratelimit::RequestKind;
 use crate::registry::{Kick, RegisterError, Registration};
-use crate::state::{AppState, now};
+use crate::state::AppState;
 
 /// Requests of one connection being processed at once.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -94,50 +95,27 @@ pub async fn run(
         }
     };
     let Registration {
-        id: conn_id,
+        id,
         mailbox,
         kicked,
         guard,
     } = registration;
     // The slot is released when both this task and the socket are gone (outbox.rs).
     flow.hold(guard);
-    let rooms_user = user.clone();
-    let rooms = match state
-        .store_call(|store| async move { store.rooms_of(&rooms_user).await })
-        .await
-    {
-        Ok(rooms) => rooms,
-        Err(error) => {
-            outbox.push_text(
-                ServerFrame::error(error.wire_code(), error.to_string(), None).to_json(),
-            );
-            finish(session, outbox, Close::Internal).await;
-            return;
-        }
-    };
-    tracing::info!(user = %user, conn = conn_id, rooms = rooms.len(), "connection ready");
-    outbox.push_text(
-        ServerFrame::Ready {
-            user_id: user.clone(),
-            rooms,
-        }
-        .to_json(),
-    );
-    let mut connection = Connection {
+    let connection = Connection {
         state,
         session,
-        user,
+        user: verified.user,
         outbox,
         pending: FuturesUnordered::new(),
         history_in_flight: 0,
     };
-    let close = connection
-        .serve(&mut stream, mailbox, kicked, verified.expires_at)
+    // One span per connection: every log line below carries its user and id.
+    let span = tracing::info_span!("conn", user = %connection.user, conn = id);
+    connection
+        .run(stream, mailbox, kicked, verified.expires_at)
+        .instrument(span)
         .await;
-    tracing::info!(user = %connection.user, conn = conn_id, code = close.map(Close::code), reason = close.map(Close::reason), "connection closed");
-    if let Some(close) = close {
-        finish(connection.session, connection.outbox, close).await;
-    }
 }
 
 /// Writes what is queued (unless the peer is too slow to read it), then the close frame, each
@@ -205,7 +183,7 @@ async fn authenticate(
                 );
             }
         };
-        return match state.tokens.verify(&token, now()) {
+        return match state.tokens.verify(&token, state.clock.now()) {
             Ok(verified) => Ok(verified),
             Err(error) => {
                 tracing::info!(%error, "auth failed");
@@ -245,6 +223,38 @@ struct Connection {
 }
 
 impl Connection {
+    /// Sends `ready` with the user's rooms, serves, and closes.
+    async fn run(
+        mut self,
+        mut stream: AggregatedMessageStream,
+        mailbox: tokio::sync::mpsc::Receiver<ByteString>,
+        kicked: tokio::sync::oneshot::Receiver<Kick>,
+        expires_at: i64,
+    ) {
+        let rooms = match self.state.store.rooms_of(&self.user).await {
+            Ok(rooms) => rooms,
+            Err(error) => {
+                let error = ServerError::from(error);
+                self.error(error.wire_code(), error.to_string(), None);
+                return finish(self.session, self.outbox, Close::Internal).await;
+            }
+        };
+        tracing::info!(rooms = rooms.len(), "connection ready");
+        self.reply(&ServerFrame::Ready {
+            user_id: self.user.clone(),
+            rooms,
+        });
+        let close = self.serve(&mut stream, mailbox, kicked, expires_at).await;
+        tracing::info!(
+            code = close.map(Close::code),
+            reason = close.map(Close::reason),
+            "connection closed"
+        );
+        if let Some(close) = close {
+            finish(self.session, self.outbox, close).await;
+        }
+    }
+
     /// Serves until the connection ends; returns how to close it (None: already gone).
     async fn serve(
         &mut self,
@@ -257,7 +267,9 @@ impl Connection {
         let idle_limit = self.state.config.idle_timeout();
         let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
-        let left = expires_at.saturating_sub(now().unix_seconds()).max(0);
+        let left = expires_at
+            .saturating_sub(self.state.clock.now().unix_seconds())
+            .max(0);
         let expiry = tokio::time::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0)));
         tokio::pin!(expiry);
 
@@ -274,7 +286,7 @@ impl Connection {
                 _ = &mut expiry => return Some(Close::TokenExpired),
                 _ = tokio::time::sleep_until(stall.unwrap_or_else(Instant::now)), if stall.is_some() => {
                     if self.outbox.stalled() {
-                        tracing::info!(user = %self.user, "peer took nothing for the write timeout; closing");
+                        tracing::info!("peer took nothing for the write timeout; closing");
                         return Some(Close::SlowConsumer);
                     }
                 }
@@ -378,7 +390,7 @@ impl Connection {
         if self.state.requests.check(&(self.user.clone(), kind)) {
             return true;
         }
-        tracing::debug!(user = %self.user, request = kind.name(), "request rate limited");
+        tracing::debug!(request = kind.name(), "request rate limited");
         self.error(
             ErrorCode::RateLimited,
             format!("too many {} requests; retry shortly", kind.name()),
@@ -394,7 +406,7 @@ impl Connection {
             Err(rule) => return self.error(rule.wire_code(), rule.to_string(), reference),
         };
         if !self.state.limiter.check(&self.user) {
-            tracing::debug!(user = %self.user, room = %room_id, "send rate limited");
+            tracing::debug!(room = %room_id, "send rate limited");
             return self.error(
                 ErrorCode::RateLimited,
                 "sending too fast; retry shortly",
@@ -430,13 +442,12 @@ impl Connection {
         let state = self.state.clone();
         let user = self.user.clone();
         self.pending.push(Box::pin(async move {
-            let room = room_id.clone();
             let result = state
-                .store_call(
-                    |store| async move { store.mark_seen(&room, &user, up_to, now()).await },
-                )
+                .store
+                .mark_seen(&room_id, &user, up_to, state.clock.now())
                 .await
-                .map(|_| ());
+                .map(|_| ())
+                .map_err(ServerError::from);
             Done::Seen {
                 room: room_id,
                 result,
@@ -449,10 +460,11 @@ impl Connection {
         let user = self.user.clone();
         self.history_in_flight += 1;
         self.pending.push(Box::pin(async move {
-            let room = room_id.clone();
             let result = state
-                .store_call(|store| async move { store.history(&room, &user, page).await })
-                .await;
+                .store
+                .history(&room_id, &user, page)
+                .await
+                .map_err(ServerError::from);
             Done::History {
                 room: room_id,
                 result,
@@ -480,7 +492,7 @@ impl Connection {
                 reference,
                 result: Err(error),
             } => {
-                tracing::info!(user = %self.user, code = error.wire_code().as_str(), "send refused");
+                tracing::info!(code = %error.wire_code(), "send refused");
                 self.error(
                     error.wire_code(),
                     error.to_string(),
@@ -492,7 +504,7 @@ impl Connection {
                 room,
                 result: Err(error),
             } => {
-                tracing::info!(user = %self.user, room = %room, code = error.wire_code().as_str(), "seen refused");
+                tracing::info!(room = %room, code = %error.wire_code(), "seen refused");
                 self.error(error.wire_code(), error.to_string(), None);
             }
             Done::History { room, result } => {
@@ -503,7 +515,7 @@ impl Connection {
                         messages,
                     }),
                     Err(error) => {
-                        tracing::info!(user = %self.user, room = %room, code = error.wire_code().as_str(), "history refused");
+                        tracing::info!(room = %room, code = %error.wire_code(), "history refused");
                         self.error(error.wire_code(), error.to_string(), None);
                     }
                 }

@@ -1,0 +1,113 @@
+//! The server's background services, started together and stopped in one documented order.
+//!
+//! Started on the core runtime: the registry (fans committed events out to connections), the
+//! group-commit writers, and the rate limiters' housekeeping.
+//!
+//! Shutdown order (after SIGTERM or SIGINT), and why:
+//! 1. The registry refuses new connections and closes every socket with 1001
+//!    `server_shutdown` ([`Services::close_connections`]); we wait up to 5 s for them to go,
+//!    so clients move to another node at once.
+//! 2. HTTP stops (actix finishes requests in flight within its grace period).
+//! 3. [`Services::finish`]: every `WriterHandle` clone is dropped by then, so each writer
+//!    commits what is already queued and stops (within 10 s): a send that was queued is
+//!    committed even if its socket is gone, and the client finds it on catch-up.
+//! 4. Housekeeping and the registry task are stopped last.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_domain::Clock;
+use chat_store::Repository;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::ratelimit::{self, KeyFailures, RequestLimiter, SendLimiter};
+use crate::registry::{RegistryConfig, RegistryHandle};
+use crate::writer::WriterHandle;
+
+/// Frames a connection's mailbox holds before the connection counts as too slow.
+const MAILBOX_CAPACITY: usize = 256;
+/// Jobs a writer queue holds before senders wait.
+const WRITER_QUEUE: usize = 8192;
+/// How long shutdown waits for writes to finish.
+const WRITERS_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for sockets to close.
+const SOCKETS_GRACE: Duration = Duration::from_secs(5);
+
+/// Handles to the running services, cloned into the application state.
+pub struct Handles {
+    pub registry: RegistryHandle,
+    pub writer: WriterHandle,
+    pub limiter: SendLimiter,
+    pub requests: RequestLimiter,
+    pub key_failures: Arc<KeyFailures>,
+}
+
+/// The services' tasks, kept to stop them in order.
+pub struct Services {
+    registry: RegistryHandle,
+    registry_task: JoinHandle<()>,
+    writer_tasks: Vec<JoinHandle<()>>,
+    housekeeping: JoinHandle<()>,
+}
+
+impl Services {
+    /// Starts every service on `core`.
+    pub fn start(
+        core: &tokio::runtime::Handle,
+        config: &Config,
+        store: Arc<dyn Repository>,
+        clock: Arc<dyn Clock>,
+        writers: usize,
+    ) -> (Self, Handles) {
+        let _enter = core.enter();
+        let (registry, registry_task) = RegistryHandle::spawn(
+            RegistryConfig {
+                max_connections_per_user: config.max_connections_per_user,
+                mailbox_capacity: MAILBOX_CAPACITY,
+            },
+            store.events().subscribe(),
+        );
+        let (writer, writer_tasks) =
+            WriterHandle::spawn(store, clock, writers, config.max_batch, WRITER_QUEUE);
+        let limiter = SendLimiter::new(config.rate_per_sec, config.rate_burst);
+        let requests = RequestLimiter::new(config.request_rate_per_sec, config.request_rate_burst);
+        let key_failures = Arc::new(KeyFailures::default());
+        let housekeeping = ratelimit::spawn_housekeeping(&limiter, &requests, &key_failures);
+        let services = Self {
+            registry: registry.clone(),
+            registry_task,
+            writer_tasks,
+            housekeeping,
+        };
+        let handles = Handles {
+            registry,
+            writer,
+            limiter,
+            requests,
+            key_failures,
+        };
+        (services, handles)
+    }
+
+    /// Step 1: closes every socket with 1001 and refuses new ones; waits for them to go.
+    pub async fn close_connections(registry: &RegistryHandle) {
+        registry.shutdown().await;
+        let left = registry.drained(SOCKETS_GRACE).await;
+        if left > 0 {
+            tracing::warn!(left, "connections still open at shutdown");
+        }
+    }
+
+    /// Steps 3 and 4, once HTTP has stopped and every writer handle is dropped.
+    pub async fn finish(self) {
+        for task in self.writer_tasks {
+            if tokio::time::timeout(WRITERS_GRACE, task).await.is_err() {
+                tracing::warn!("a writer did not finish in time");
+            }
+        }
+        self.housekeeping.abort();
+        self.registry_task.abort();
+        drop(self.registry);
+    }
+}
