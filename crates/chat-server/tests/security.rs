@@ -57,6 +57,42 @@ async fn accepted_within(server: &Server, user: &str) -> Duration {
     panic!("{user} was never accepted again within {WAIT:?}");
 }
 
+/// A server whose only limits in play are the write timeout and the per-user cap, with a
+/// room of alice and bob full of the largest messages.
+async fn server_with_a_full_room(
+    db: &Database,
+    write_timeout: &str,
+    cap: &str,
+) -> (Server, String) {
+    let server = Server::start_with(
+        db,
+        &[
+            ("CHAT_WRITE_TIMEOUT_SECS", write_timeout),
+            ("CHAT_MAX_CONNECTIONS_PER_USER", cap),
+            ("CHAT_RATE_PER_SEC", "10000"),
+            ("CHAT_RATE_BURST", "10000"),
+            ("CHAT_REQUEST_RATE_PER_SEC", "10000"),
+            ("CHAT_REQUEST_RATE_BURST", "10000"),
+        ],
+    );
+    let room = server.room("alice", "bob");
+    fill_room(&server, &room).await;
+    (server, room)
+}
+
+/// Connects bob with a small receive buffer, asks for `pages` full history pages and
+/// returns the client, which the caller then never reads.
+async fn stuck_bob(server: &Server, room: &str, pages: usize) -> Client {
+    let mut bob = Client::connect_slow_reader(server).await;
+    bob.send(json!({"type": "auth", "token": server.token("bob")}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "ready");
+    for _ in 0..pages {
+        bob.send(json!({"type": "history", "room_id": room})).await;
+    }
+    bob
+}
+
 async fn refused_by_cap(server: &Server, user: &str) {
     let mut client = Client::connect(&server.ws_url(), None).await.unwrap();
     client
@@ -77,19 +113,7 @@ async fn refused_by_cap(server: &Server, user: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d1_a_client_that_stops_reading_is_closed_and_its_memory_freed() {
     let db = Database::new(Db::Sqlite);
-    let server = Server::start_with(
-        &db,
-        &[
-            ("CHAT_WRITE_TIMEOUT_SECS", "2"),
-            ("CHAT_MAX_CONNECTIONS_PER_USER", "1"),
-            ("CHAT_RATE_PER_SEC", "10000"),
-            ("CHAT_RATE_BURST", "10000"),
-            ("CHAT_REQUEST_RATE_PER_SEC", "10000"),
-            ("CHAT_REQUEST_RATE_BURST", "10000"),
-        ],
-    );
-    let room = server.room("alice", "bob");
-    fill_room(&server, &room).await;
+    let (server, room) = server_with_a_full_room(&db, "2", "1").await;
     {
         let (mut bob, _) = server.connect("bob").await;
         assert_eq!(
@@ -170,33 +194,14 @@ async fn d1_a_client_that_stops_reading_is_closed_and_its_memory_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d2_kicked_connections_count_against_the_cap_until_their_sockets_go() {
     let db = Database::new(Db::Sqlite);
-    let server = Server::start_with(
-        &db,
-        &[
-            // Long enough that neither the task's deadline nor the kernel ends the stuck
-            // sockets during the test: only the registry's kick does.
-            ("CHAT_WRITE_TIMEOUT_SECS", "120"),
-            ("CHAT_MAX_CONNECTIONS_PER_USER", "2"),
-            ("CHAT_RATE_PER_SEC", "10000"),
-            ("CHAT_RATE_BURST", "10000"),
-            ("CHAT_REQUEST_RATE_PER_SEC", "10000"),
-            ("CHAT_REQUEST_RATE_BURST", "10000"),
-        ],
-    );
-    let room = server.room("alice", "bob");
-    fill_room(&server, &room).await;
-    let mut stuck = Vec::new();
-    for _ in 0..2 {
-        let mut bob = Client::connect_slow_reader(&server).await;
-        bob.send(json!({"type": "auth", "token": server.token("bob")}))
-            .await;
-        assert_eq!(bob.recv().await["type"], "ready");
-        // Enough to fill the socket and the connection's outbox, so its mailbox backs up.
-        for _ in 0..20 {
-            bob.send(json!({"type": "history", "room_id": room})).await;
-        }
-        stuck.push(bob);
-    }
+    // A write timeout long enough that neither the task's deadline nor the kernel ends the
+    // stuck sockets during the test: only the registry's kick does.
+    let (server, room) = server_with_a_full_room(&db, "120", "2").await;
+    // Each asks for enough to fill its socket and its outbox, so its mailbox backs up.
+    let stuck = vec![
+        stuck_bob(&server, &room, 20).await,
+        stuck_bob(&server, &room, 20).await,
+    ];
     // Alice talks until the registry has kicked both (the log says so; bounded).
     let (mut alice, _) = server.connect("alice").await;
     let mut n = 0;
