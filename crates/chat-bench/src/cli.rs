@@ -1,6 +1,6 @@
 //! Command-line flags. Flags common to every mode may be given before or after the mode.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -11,7 +11,12 @@ use clap::{Args, Parser, Subcommand};
 connects both members of each room over real WebSockets, and runs one mode. Prints progress to \
 stderr once a second, a table to stderr at the end and one JSON line on stdout. Exits 0 when \
 nothing was lost, duplicated or out of order, 1 when something was, 2 when the run could not \
-be carried out."
+be carried out.\n\n\
+Several nodes of one cluster: give --url once per node (or a comma-separated list). Member a \
+of room i then connects to node i % N and member b to node (i + 1) % N, so every message \
+crosses from one node to another; `connections` spreads its connections the same way. Rooms \
+and tokens are always asked of the first URL. Give --server-pid once per node (any order) to \
+sum their CPU and memory; the JSON line keeps each node's figures."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -20,24 +25,96 @@ pub struct Cli {
     pub mode: Mode,
 }
 
+impl Cli {
+    /// Parses the command line. Like `Cli::parse`, and then every `--url` and `--server-pid`
+    /// counts, wherever it was given: clap keeps only the values given on one side of the mode
+    /// when a global flag is given both before and after it.
+    pub fn parse_all() -> Result<Self, String> {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let mut cli = Self::parse_from(&args);
+        cli.common.merge_repeated(&args)?;
+        Ok(cli)
+    }
+}
+
+/// Every value of `--flag V` and `--flag=V` in `args` (none after a bare `--`), split at
+/// commas; `None` when the flag is not there (then clap's value, from the environment or
+/// the default, stands).
+fn values_of_flag(args: &[std::ffi::OsString], flag: &str) -> Option<Vec<String>> {
+    let mut out: Option<Vec<String>> = None;
+    let mut words = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(word) = words.next() {
+        if word == "--" {
+            break;
+        }
+        let value = if word == flag {
+            words.next().map(|v| v.into_owned())
+        } else {
+            word.strip_prefix(flag)
+                .and_then(|rest| rest.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        if let Some(value) = value {
+            out.get_or_insert_with(Vec::new)
+                .extend(value.split(',').map(str::to_owned));
+        }
+    }
+    out
+}
+
+impl Common {
+    /// See [`Cli::parse_all`].
+    fn merge_repeated(&mut self, args: &[std::ffi::OsString]) -> Result<(), String> {
+        if let Some(urls) = values_of_flag(args, "--url") {
+            self.urls = urls;
+        }
+        if let Some(pids) = values_of_flag(args, "--server-pid") {
+            self.server_pids = pids
+                .iter()
+                .map(|p| {
+                    p.trim()
+                        .parse()
+                        .map_err(|e| format!("--server-pid {p:?}: {e}"))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Base URL of the server (the WebSocket is `ws://HOST:PORT/ws`).
+    /// Base URL of the server (the WebSocket is `ws://HOST:PORT/ws`). Repeat the flag, or give
+    /// a comma-separated list, for several nodes of one cluster: the two members of every room
+    /// then connect to different nodes (room i: node i % N and node (i + 1) % N), and rooms
+    /// and tokens are asked of the first URL.
     #[arg(
-        long,
+        long = "url",
+        value_name = "URL",
         global = true,
         env = "CHAT_BENCH_URL",
+        hide_env_values = true,
+        action = ArgAction::Append,
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8080"
     )]
-    pub url: String,
+    pub urls: Vec<String>,
 
     /// The server's service key (CHAT_SERVICE_KEY), used to open rooms and issue tokens.
     #[arg(long, global = true, env = "CHAT_SERVICE_KEY", hide_env_values = true)]
     pub service_key: Option<String>,
 
     /// PID of the server process: its CPU time and resident memory (from /proc) are reported.
-    #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    /// With several nodes, repeat it once per node (any order, or a comma-separated list):
+    /// the figures are summed over the processes, and the JSON line keeps each one's.
+    #[arg(
+        long = "server-pid",
+        value_name = "PID",
+        global = true,
+        action = ArgAction::Append,
+        value_delimiter = ','
+    )]
+    pub server_pids: Vec<u32>,
 
     /// Free-form label copied into the JSON line (e.g. `sqlite` or `postgres`).
     #[arg(long, global = true)]
@@ -87,6 +164,8 @@ pub enum Mode {
     Latency(LatencyArgs),
     /// Many idle authenticated connections; reports connect+auth rate and, with
     /// --server-pid, the server's memory per connection and its CPU while idle (heartbeats).
+    /// With several --url, the connections are spread over the nodes as the members of rooms
+    /// are in the other modes.
     Connections(ConnectionsArgs),
     /// Seeds rooms with messages, then fetches the latest page of rooms on an open-loop
     /// schedule while other messages are being sent; reports history fetch latency.
@@ -163,4 +242,94 @@ pub struct HistoryArgs {
     /// Seconds of reading on the same schedule before measuring.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// As `Cli::parse_all` does, from `args`.
+    fn parse(args: &[&str]) -> Common {
+        let args: Vec<std::ffi::OsString> = std::iter::once("chat-bench")
+            .chain(args.iter().copied())
+            .map(Into::into)
+            .collect();
+        let mut common = Cli::try_parse_from(&args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .common;
+        common
+            .merge_repeated(&args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        common
+    }
+
+    #[test]
+    fn one_url_or_the_default() {
+        if std::env::var_os("CHAT_BENCH_URL").is_none() {
+            assert_eq!(parse(&["throughput"]).urls, ["http://127.0.0.1:8080"]);
+        }
+        let c = parse(&["--url", "http://127.0.0.1:9", "throughput"]);
+        assert_eq!(c.urls, ["http://127.0.0.1:9"]);
+        assert!(c.server_pids.is_empty());
+    }
+
+    #[test]
+    fn several_urls_repeated_or_comma_separated_before_or_after_the_mode() {
+        let want = [
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            "http://127.0.0.1:3",
+        ];
+        for args in [
+            &[
+                "--url",
+                "http://127.0.0.1:1",
+                "--url",
+                "http://127.0.0.1:2",
+                "--url",
+                "http://127.0.0.1:3",
+                "latency",
+            ][..],
+            &[
+                "--url",
+                "http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3",
+                "latency",
+            ][..],
+            &[
+                "latency",
+                "--url",
+                "http://127.0.0.1:1,http://127.0.0.1:2",
+                "--url",
+                "http://127.0.0.1:3",
+            ][..],
+            &[
+                "--url=http://127.0.0.1:1",
+                "latency",
+                "--url",
+                "http://127.0.0.1:2",
+                "--url=http://127.0.0.1:3",
+            ][..],
+            &[
+                "--url",
+                "http://127.0.0.1:1",
+                "--label",
+                "x",
+                "latency",
+                "--rate",
+                "5",
+                "--url",
+                "http://127.0.0.1:2,http://127.0.0.1:3",
+            ][..],
+        ] {
+            assert_eq!(parse(args).urls, want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn server_pids_repeat() {
+        let c = parse(&["--server-pid", "10", "connections", "--server-pid", "11,12"]);
+        assert_eq!(c.server_pids, [10, 11, 12]);
+    }
 }

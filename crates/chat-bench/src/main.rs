@@ -15,18 +15,23 @@ mod cli;
 mod conn;
 mod engine;
 mod modes;
+mod nodes;
 mod procstat;
 mod provision;
 mod report;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::cli::{Cli, Mode};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::parse_all() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("chat-bench: {error}");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(report) => {
             report.print();
@@ -55,10 +60,19 @@ fn run(cli: Cli) -> Result<report::Report, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let target = conn::Target::parse(&cli.common.url)?;
+    let nodes = nodes::Nodes::parse(&cli.common.urls)?;
+    check_server_pids(&cli.common.server_pids, nodes.len())?;
+    if nodes.len() > 1 {
+        eprintln!(
+            "[chat-bench] {} nodes: {} (rooms and tokens from the first; the members of every \
+             room on two different nodes)",
+            nodes.len(),
+            nodes.urls().join(", ")
+        );
+    }
     let ctx = modes::Ctx {
         common: cli.common.clone(),
-        target,
+        nodes: std::sync::Arc::new(nodes),
         nofile,
     };
     let mut report = match cli.mode {
@@ -75,9 +89,42 @@ fn run(cli: Cli) -> Result<report::Report, String> {
             .map_or(serde_json::Value::Null, serde_json::Value::from),
     );
     report.set("client_threads", threads);
+    report.nodes = ctx.nodes.len();
+    report.set("nodes", ctx.nodes.len());
+    report.set("urls", ctx.nodes.urls());
+    let connected = ctx.nodes.connected();
+    report.row(
+        "connections per node",
+        connected
+            .iter()
+            .zip(ctx.nodes.urls())
+            .map(|(c, url)| format!("{url}: {c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    report.set("connections_per_node", connected);
+    report.set("server_pids", ctx.common.server_pids.clone());
     // Tasks still parked on closed sockets must not hold the process open.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(report)
+}
+
+/// `--server-pid`s: each process once (summing one twice would double its figures). One per
+/// node is expected; another count is allowed (e.g. only some nodes are local) but said.
+fn check_server_pids(pids: &[u32], nodes: usize) -> Result<(), String> {
+    for (i, pid) in pids.iter().enumerate() {
+        if pids[..i].contains(pid) {
+            return Err(format!("--server-pid {pid} is given twice"));
+        }
+    }
+    if !pids.is_empty() && pids.len() != nodes {
+        eprintln!(
+            "chat-bench: {} --server-pid for {nodes} node(s): server CPU and memory cover only \
+             the processes given",
+            pids.len()
+        );
+    }
+    Ok(())
 }
 
 /// Raises the open-file soft limit to the hard limit: every connection is a socket, and the

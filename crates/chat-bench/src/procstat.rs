@@ -33,6 +33,40 @@ impl Sample {
     }
 }
 
+/// Readings of every server process of a run (one per node), taken one after the other.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    pub each: Vec<(u32, Sample)>,
+}
+
+impl Servers {
+    /// Reads every PID; `None` without PIDs.
+    pub fn of(pids: &[u32]) -> Option<Self> {
+        (!pids.is_empty()).then(|| Self {
+            each: pids.iter().map(|&pid| (pid, Sample::of(pid))).collect(),
+        })
+    }
+
+    /// Resident memory of all the processes together; `None` when one could not be read.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.each.iter().map(|(_, s)| s.rss_kib).sum()
+    }
+
+    /// CPU used by all the processes together between two readings, as a percentage of one
+    /// core; `None` when one of them could not be read.
+    pub fn cpu_percent_since(&self, earlier: &Servers) -> Option<f64> {
+        self.each
+            .iter()
+            .map(|(pid, s)| s.cpu_percent_since(earlier.sample_of(*pid)?))
+            .sum()
+    }
+
+    /// The reading of process `pid`.
+    pub fn sample_of(&self, pid: u32) -> Option<&Sample> {
+        self.each.iter().find(|(p, _)| *p == pid).map(|(_, s)| s)
+    }
+}
+
 /// A process's `VmRSS` in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -91,6 +125,20 @@ mod tests {
     fn parses_cpu_ticks_with_spaces_in_the_name() {
         let stat = "4242 (chat server) S 1 2 3 4 5 6 7 8 9 10 111 222 13 14 15 16";
         assert_eq!(parse_cpu_ticks(stat), Some(333));
+    }
+
+    #[test]
+    fn servers_add_up_and_need_every_reading() {
+        let me = std::process::id();
+        assert!(Servers::of(&[]).is_none());
+        let one = Servers::of(&[me]).unwrap_or_else(|| panic!("no reading"));
+        let two = Servers::of(&[me, me]).unwrap_or_else(|| panic!("no reading"));
+        let (r1, r2) = (one.rss_kib().unwrap_or(0), two.rss_kib().unwrap_or(0));
+        assert!(r1 > 0 && r2 >= r1, "{r1} {r2}");
+        assert!(two.cpu_percent_since(&two).is_none(), "no time passed");
+        // A process that does not exist: no sum rather than a partial one.
+        let gone = Servers::of(&[me, u32::MAX]).unwrap_or_else(|| panic!("no reading"));
+        assert!(gone.rss_kib().is_none());
     }
 
     #[test]

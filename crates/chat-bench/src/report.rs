@@ -4,11 +4,13 @@ use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
 use crate::engine::Verdict;
-use crate::procstat::Sample;
+use crate::procstat::{Sample, Servers};
 
 pub struct Report {
     pub mode: &'static str,
     pub ok: bool,
+    /// Server nodes the run connected to (named in the title).
+    pub nodes: usize,
     json: Map<String, Value>,
     rows: Vec<(String, String)>,
 }
@@ -20,6 +22,7 @@ impl Report {
         Self {
             mode,
             ok: true,
+            nodes: 1,
             json,
             rows: Vec::new(),
         }
@@ -73,8 +76,10 @@ impl Report {
         }
     }
 
-    /// Server and client CPU and memory over a window, when readings exist.
-    pub fn resources(&mut self, server: Option<(Sample, Sample)>, client: (Sample, Sample)) {
+    /// Server and client CPU and memory over a window, when readings exist. With several
+    /// server processes (one per node) the figures are their sums, and `server_nodes` holds
+    /// each one's.
+    pub fn resources(&mut self, server: Option<(Servers, Servers)>, client: (Sample, Sample)) {
         let (c0, c1) = client;
         let client_cpu = c1.cpu_percent_since(&c0);
         self.set("client_cpu_percent", client_cpu.map(round1));
@@ -85,20 +90,43 @@ impl Report {
             Some((s0, s1)) => {
                 let cpu = s1.cpu_percent_since(&s0);
                 self.set("server_cpu_percent", cpu.map(round1));
-                self.set("server_rss_kib", s1.rss_kib);
+                self.set("server_rss_kib", s1.rss_kib());
+                let summed = if s1.each.len() > 1 {
+                    format!(", {} processes summed", s1.each.len())
+                } else {
+                    String::new()
+                };
                 if let Some(p) = cpu {
-                    self.row("server CPU (% of one core)", format!("{p:.1}"));
-                }
-                if let Some(k) = s1.rss_kib {
                     self.row(
-                        "server resident memory",
+                        &format!("server CPU (% of one core{summed})"),
+                        format!("{p:.1}"),
+                    );
+                }
+                if let Some(k) = s1.rss_kib() {
+                    self.row(
+                        &format!("server resident memory{summed}"),
                         format!("{:.1} MiB", k as f64 / 1024.0),
                     );
                 }
+                let mut each = Vec::with_capacity(s1.each.len());
+                for (pid, b) in &s1.each {
+                    let cpu = s0.sample_of(*pid).and_then(|a| b.cpu_percent_since(a));
+                    each.push(
+                        json!({"pid": pid, "cpu_percent": cpu.map(round1), "rss_kib": b.rss_kib}),
+                    );
+                    if s1.each.len() > 1 {
+                        self.row(
+                            &format!("  server pid {pid}: CPU / memory"),
+                            format!("{} % / {} MiB", opt1(cpu), opt1(b.rss_kib.map(mib))),
+                        );
+                    }
+                }
+                self.set("server_nodes", each);
             }
             None => {
                 self.set("server_cpu_percent", Value::Null);
                 self.set("server_rss_kib", Value::Null);
+                self.set("server_nodes", Value::Array(Vec::new()));
             }
         }
     }
@@ -106,8 +134,10 @@ impl Report {
     pub fn print(&self) {
         let mut out = String::new();
         let title = format!(
-            "chat-bench {}: {}",
+            "chat-bench {}, {} node{}: {}",
             self.mode,
+            self.nodes,
+            if self.nodes == 1 { "" } else { "s" },
             if self.ok { "OK" } else { "FAILED" }
         );
         let width = self.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -123,6 +153,16 @@ impl Report {
         json.insert("ok".into(), Value::from(self.ok));
         println!("{}", Value::Object(json));
     }
+}
+
+/// KiB as MiB.
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A figure with one decimal, or `?` when there is none.
+pub fn opt1(x: Option<f64>) -> String {
+    x.map_or_else(|| "?".to_owned(), |x| format!("{x:.1}"))
 }
 
 pub fn round1(x: f64) -> f64 {

@@ -1,4 +1,5 @@
-//! Each mode at tiny scale against the real `chat-server` binary on SQLite in a temp dir.
+//! Each mode at tiny scale against the real `chat-server` binary on SQLite in a temp dir, and
+//! how several `--url`s split the rooms' members over two servers.
 //!
 //! The server binary is the one cargo built next to `chat-bench` (same target dir and
 //! profile: `cargo build -p chat-server` first, or run the whole workspace's tests), or the
@@ -92,38 +93,24 @@ impl Server {
         self.child.id()
     }
 
-    fn log(&self) -> String {
+    /// The server's whole log, without terminal colours.
+    fn full_log(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = std::fs::File::open(self.dir.path().join("server.log")) {
             let _ = f.read_to_string(&mut text);
         }
+        strip_ansi(&text)
+    }
+
+    fn log(&self) -> String {
+        let text = self.full_log();
         let start = text.len().saturating_sub(4000);
         text.get(start..).unwrap_or_default().to_owned()
     }
 
     /// Runs `chat-bench` against this server; returns its exit code and JSON line.
     fn bench(&self, key: &str, args: &[&str]) -> (Option<i32>, Option<Value>, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
-            .args([
-                "--url",
-                &self.url,
-                "--service-key",
-                key,
-                "--server-pid",
-                &self.pid().to_string(),
-            ])
-            .args(["--drain-secs", "60", "--threads", "2"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run chat-bench: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let json = stdout
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str(l).ok());
-        (out.status.code(), json, stderr)
+        bench(&[self], key, args)
     }
 
     /// Runs a mode that must succeed; returns its JSON line.
@@ -143,6 +130,68 @@ impl Server {
         );
         json
     }
+}
+
+/// Runs `chat-bench` with one `--url` and one `--server-pid` per server, in that order;
+/// returns its exit code and JSON line.
+fn bench(servers: &[&Server], key: &str, args: &[&str]) -> (Option<i32>, Option<Value>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-bench"));
+    for server in servers {
+        command.args([
+            "--url",
+            &server.url,
+            "--server-pid",
+            &server.pid().to_string(),
+        ]);
+    }
+    let out = command
+        .args(["--service-key", key])
+        .args(["--drain-secs", "60", "--threads", "2"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chat-bench: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    (out.status.code(), json, stderr)
+}
+
+/// The users of the server's "connection ready" log lines (at `RUST_LOG=info`), whether the
+/// user is a field of the line (`connection ready user=u conn=1`) or of its span
+/// (`conn{user=u conn=1}: ... connection ready`).
+fn ready_users(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("connection ready"))
+        .filter_map(|line| {
+            let rest = &line[line.find("user=")? + "user=".len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '}' || c == ',')
+                .unwrap_or(rest.len());
+            Some(rest[..end].trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
+/// Removes terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Server {
@@ -287,4 +336,95 @@ fn a_wrong_service_key_is_a_setup_error() {
     assert_eq!(code, Some(2), "stderr:\n{stderr}");
     assert!(json.is_none());
     assert!(stderr.contains("401"), "{stderr}");
+}
+
+#[test]
+fn ready_users_reads_both_log_formats() {
+    let log = "2026-01-01T00:00:00Z  INFO chat_server::ws::connection: connection ready user=u-1-a conn=2 rooms=1\n\
+               2026-01-01T00:00:00Z  INFO conn{user=u-1-b conn=1}: chat_server::ws::connection: connection ready rooms=1\n\
+               2026-01-01T00:00:00Z  INFO conn{user=u-2-a conn=3}: chat_server::ws::connection: connection closed\n";
+    assert_eq!(ready_users(log), ["u-1-a", "u-1-b"]);
+}
+
+/// Two `--url`s put the two members of every room on different servers: member `a` of room
+/// `i` on node `i % 2`, member `b` on node `(i + 1) % 2`.
+///
+/// Two chat-server processes on the same SQLite file share rooms, users and tokens but NOT
+/// live events: a message sent on one is not delivered to a connection on the other (that
+/// fan-out, over PostgreSQL LISTEN/NOTIFY or NATS, is the cluster work still to come). So this
+/// test runs `connections` (which sends no messages) and checks only the split, from the
+/// bench's JSON line and, independently, from each server's own log of who connected to it.
+/// Delivery across nodes is tested by the cluster tests.
+#[test]
+fn two_urls_split_every_room_across_the_nodes() {
+    let shared = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let db = format!("sqlite://{}", shared.path().join("chat.db").display());
+    // `info` logs "connection ready user=..." for every authenticated connection.
+    let env = [("DATABASE_URL", db.as_str()), ("RUST_LOG", "info")];
+    // One after the other: the second starts on a database the first has migrated.
+    let first = Server::start(&env);
+    let second = Server::start(&env);
+    let nodes = [&first, &second];
+    let run_id = format!("split-{}", std::process::id());
+    let rooms = 5;
+    let count = (2 * rooms).to_string();
+    let args = [
+        "--run-id",
+        &run_id,
+        "connections",
+        "--count",
+        &count,
+        "--idle-secs",
+        "0.5",
+    ];
+    let (code, json, stderr) = bench(&nodes, SERVICE_KEY, &args);
+    let Some(v) = json else {
+        panic!("no JSON line (exit {code:?});\nstderr:\n{stderr}");
+    };
+    assert_eq!(code, Some(0), "{v}\nstderr:\n{stderr}");
+    assert_clean(&v);
+    assert_eq!(num(&v, "connected"), 2 * rooms as u64, "{v}");
+    assert_eq!(num(&v, "nodes"), 2, "{v}");
+    assert_eq!(v["urls"], serde_json::json!([first.url, second.url]), "{v}");
+    // Rooms 0, 2, 4 put a on node 0 and b on node 1; rooms 1, 3 the other way round.
+    assert_eq!(v["connections_per_node"], serde_json::json!([5, 5]), "{v}");
+    assert!(
+        stderr.contains("chat-bench connections, 2 nodes: OK"),
+        "{stderr}"
+    );
+    // Memory and CPU of both processes, summed, and each one's.
+    let each = v["server_nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("server_nodes missing in {v}"));
+    let mut pids: Vec<u64> = each.iter().map(|n| num(n, "pid")).collect();
+    pids.sort_unstable();
+    let mut want = vec![u64::from(first.pid()), u64::from(second.pid())];
+    want.sort_unstable();
+    assert_eq!(pids, want, "{v}");
+    let rss: u64 = each.iter().map(|n| num(n, "rss_connected_kib")).sum();
+    assert!(rss > 0, "{v}");
+    assert_eq!(num(&v, "server_rss_connected_kib"), rss, "{v}");
+
+    // What the servers saw: every member authenticated on its node, and only there.
+    let ready = [
+        ready_users(&first.full_log()),
+        ready_users(&second.full_log()),
+    ];
+    for room in 0..rooms {
+        for (side, member) in ["a", "b"].into_iter().enumerate() {
+            let user = format!("{run_id}-{room}-{member}");
+            let node = (room + side) % 2;
+            assert!(
+                ready[node].contains(&user),
+                "member {member} of room {room} did not connect to node {node}, which saw {:?}",
+                ready[node]
+            );
+            assert!(
+                !ready[1 - node].contains(&user),
+                "member {member} of room {room} also connected to node {}",
+                1 - node
+            );
+        }
+    }
+    assert_eq!(ready[0].len() + ready[1].len(), 2 * rooms, "{ready:?}");
 }

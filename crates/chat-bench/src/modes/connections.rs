@@ -3,6 +3,11 @@
 //! given `--server-pid`, the server's resident memory per connection (VmRSS after minus
 //! before, over C) and its CPU while every connection sits idle, which is the cost of the
 //! server's heartbeats (the client answers each ping with a pong, as a browser does).
+//!
+//! With several `--url`s, connection `2 i + side` (member `side` of room `i`) goes to the node
+//! it would in the message modes (see [`crate::nodes`]), which spreads them evenly; with
+//! several `--server-pid`s the memory and CPU figures are sums over the processes and
+//! `server_nodes` in the JSON line holds each one's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -18,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::cli::ConnectionsArgs;
 use crate::conn::{self, Authed};
 use crate::modes::Ctx;
-use crate::procstat::{self, Sample};
+use crate::procstat::{self, Sample, Servers};
 use crate::report::{Report, hist_json, hist_row, round1, round3};
 
 /// Live counters of the held connections.
@@ -52,18 +57,20 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &ConnectionsArgs) -> Result<Report, St
         let mut tasks = Vec::with_capacity(tokens.len());
         for (n, token) in tokens.into_iter().enumerate() {
             let permits = permits.clone();
-            let target = ctx.target.clone();
-            let source = target.source_for(n, ctx.common.per_source_ip);
+            let nodes = ctx.nodes.clone();
+            let per_source_ip = ctx.common.per_source_ip;
             let held = held.clone();
             let lat_tx = lat_tx.clone();
             let stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let permit = permits.acquire_owned().await;
                 let began = Instant::now();
-                let opened = conn::open(&target, source, &token).await;
+                let (node, target) = nodes.of_connection(n);
+                let opened = conn::open(target, target.source_for(n, per_source_ip), &token).await;
                 drop(permit);
                 match opened {
                     Ok(authed) => {
+                        nodes.note_connected(node);
                         held.connected.fetch_add(1, Ordering::Relaxed);
                         let _ = lat_tx.send(Ok(began.elapsed()));
                         drop(lat_tx);
@@ -167,9 +174,20 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &ConnectionsArgs) -> Result<Report, St
         report.row("connect + auth latency", hist_row(&connect));
         report.row("pings answered while idle", pings.to_string());
 
-        let rss0 = rss_before.and_then(|s| s.rss_kib);
-        let rss1 = rss_connected.and_then(|s| s.rss_kib);
-        let rss2 = idle_server_1.and_then(|s| s.rss_kib);
+        let summed = if ctx.common.server_pids.len() > 1 {
+            format!(" ({} processes summed)", ctx.common.server_pids.len())
+        } else {
+            String::new()
+        };
+        let rss0 = rss_before.as_ref().and_then(Servers::rss_kib);
+        let rss1 = rss_connected.as_ref().and_then(Servers::rss_kib);
+        let rss2 = idle_server_1.as_ref().and_then(Servers::rss_kib);
+        report.set("server_nodes", per_process(
+            rss_before.as_ref(),
+            rss_connected.as_ref(),
+            idle_server_0.as_ref(),
+            idle_server_1.as_ref(),
+        ));
         let per_conn = |after: Option<u64>| {
             rss0.zip(after).filter(|_| connected > 0).map(|(a, b)| (b as f64 - a as f64) / connected as f64)
         };
@@ -179,7 +197,7 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &ConnectionsArgs) -> Result<Report, St
         report.set("server_kib_per_connection", per_conn(rss1).map(round1));
         report.set("server_kib_per_connection_after_idle", per_conn(rss2).map(round1));
         if let (Some(a), Some(b)) = (rss0, rss1) {
-            report.row("server RSS before / connected / after idle", format!(
+            report.row(&format!("server RSS before / connected / after idle{summed}"), format!(
                 "{:.1} / {:.1} / {} MiB",
                 a as f64 / 1024.0,
                 b as f64 / 1024.0,
@@ -196,7 +214,7 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &ConnectionsArgs) -> Result<Report, St
         report.set("server_idle_cpu_percent", idle_cpu.map(|p| (p * 100.0).round() / 100.0));
         report.set("clock_ticks_per_sec", procstat::clock_ticks_per_sec());
         if let Some(p) = idle_cpu {
-            report.row("server CPU while idle (% of one core)", format!("{p:.2}"));
+            report.row(&format!("server CPU while idle (% of one core){summed}"), format!("{p:.2}"));
         }
         let idle_measured = idle_window;
         report.set("pings_per_sec", round1(pings as f64 / idle_measured));
@@ -208,13 +226,44 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &ConnectionsArgs) -> Result<Report, St
         }
         let client_cpu = idle_client_1.cpu_percent_since(&idle_client_0);
         report.set("client_idle_cpu_percent", client_cpu.map(|p| (p * 100.0).round() / 100.0));
-        if ctx.common.server_pid.is_none() {
+        if ctx.common.server_pids.is_empty() {
             report.set("server_kib_per_connection", Value::Null);
             report.row("server memory / CPU", "not measured (no --server-pid)");
         }
         report.errors(&errors);
         Ok(report)
     })
+}
+
+/// Each server process's figures (one per `--server-pid`): resident memory before connecting,
+/// once connected and after the idle window, and CPU over the idle window.
+fn per_process(
+    before: Option<&Servers>,
+    connected: Option<&Servers>,
+    idle_0: Option<&Servers>,
+    idle_1: Option<&Servers>,
+) -> Value {
+    let Some(after) = idle_1 else {
+        return Value::Array(Vec::new());
+    };
+    let rss =
+        |s: Option<&Servers>, pid: u32| s.and_then(|s| s.sample_of(pid)).and_then(|x| x.rss_kib);
+    after
+        .each
+        .iter()
+        .map(|(pid, end)| {
+            let cpu = idle_0
+                .and_then(|s| s.sample_of(*pid))
+                .and_then(|start| end.cpu_percent_since(start));
+            json!({
+                "pid": pid,
+                "rss_before_kib": rss(before, *pid),
+                "rss_connected_kib": rss(connected, *pid),
+                "rss_after_idle_kib": end.rss_kib,
+                "idle_cpu_percent": cpu.map(|p| (p * 100.0).round() / 100.0),
+            })
+        })
+        .collect()
 }
 
 /// Holds one connection open until `stop`, answering pings (tungstenite queues the pong and

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
 use crate::cli::HistoryArgs;
-use crate::conn::{Out, Stamps};
-use crate::engine::{self, Clock, StartOptions};
+use crate::conn::Out;
+use crate::engine::{self, Clock};
+use crate::modes::open_loop::{self, Progress};
 use crate::modes::throughput::run_window;
 use crate::modes::{Ctx, pair_of};
-use crate::procstat::Sample;
 use crate::report::{Report, hist_json, hist_row, round1};
 
 pub fn run(rt: &Runtime, ctx: &Ctx, args: &HistoryArgs) -> Result<Report, String> {
@@ -37,44 +37,74 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &HistoryArgs) -> Result<Report, String
         // 1. Seed: each member sends half, rounded up.
         let per_member = args.seed.div_ceil(2);
         let seed_total = per_member * 2 * args.rooms as u64;
-        eprintln!("[history] seeding {} rooms with {} messages each", args.rooms, per_member * 2);
-        let seeded = run_window(ctx, &pairs, args.window, None, Some(seed_total), 0.0, "seed").await?;
+        eprintln!(
+            "[history] seeding {} rooms with {} messages each",
+            args.rooms,
+            per_member * 2
+        );
+        let seeded = run_window(
+            ctx,
+            &pairs,
+            args.window,
+            None,
+            Some(seed_total),
+            0.0,
+            "seed",
+        )
+        .await?;
         eprintln!(
             "[history] seeded {} messages in {:.1} s ({} lost)",
             seeded.verdict.confirmed, seeded.window_secs, seeded.verdict.lost
         );
 
         // 2. Read under load, on new connections.
-        let live = engine::connect_pairs(&ctx.target, &pairs, ctx.common.connect_concurrency, ctx.common.per_source_ip).await?;
+        let live = engine::connect_pairs(
+            &ctx.nodes,
+            &pairs,
+            ctx.common.connect_concurrency,
+            ctx.common.per_source_ip,
+        )
+        .await?;
         let t0 = Instant::now() + Duration::from_millis(50);
         let measure_from = t0 + Duration::from_secs_f64(args.warmup.max(0.0));
         let span = args.warmup.max(0.0) + args.duration;
-        let send_clock = Clock { t0, rate: args.send_rate, measure_from };
-        let read_clock = Clock { t0, rate: args.rate, measure_from };
+        let send_clock = Clock {
+            t0,
+            rate: args.send_rate,
+            measure_from,
+        };
+        let read_clock = Clock {
+            t0,
+            rate: args.rate,
+            measure_from,
+        };
         let total_sends = (args.send_rate * span).ceil() as u64;
         let total_reads = (args.rate * span).ceil() as u64;
-        let stamps = Arc::new(Stamps::new(t0, usize::try_from(total_sends).map_err(|e| e.to_string())?));
-        let running = engine::start(
-            &pairs,
-            live,
-            StartOptions { clock: Some(send_clock), stamps: Some(stamps), refill: None, gates: true, body: body.clone() },
-        )?;
+        let running = open_loop::start(&pairs, live, send_clock, total_sends, true, body.clone())?;
         let stop = Arc::new(AtomicBool::new(false));
         let rooms: Arc<Vec<_>> = Arc::new(pairs.iter().map(|p| p.room_id.clone()).collect());
         let p = rooms.len() as u64;
 
         let sender = {
-            let (senders, stats, rooms, stop, body) =
-                (running.senders.clone(), running.stats.clone(), rooms.clone(), stop.clone(), body.clone());
+            let (senders, stats, rooms, stop, body) = (
+                running.senders.clone(),
+                running.stats.clone(),
+                rooms.clone(),
+                stop.clone(),
+                body.clone(),
+            );
             std::thread::Builder::new()
                 .name("bench-sends".into())
                 .spawn(move || {
                     let n = engine::run_schedule(send_clock, total_sends, &stop, |i, _| {
                         let room = usize::try_from(i % p).unwrap_or(0);
-                        if let Ok(text) = engine::send_frame(&rooms[room], b'L', i, &body) {
-                            stats[room][1].sent.fetch_add(1, Ordering::AcqRel);
-                            let _ = senders[room][1].send(Out { text, gated: None, stamp: usize::try_from(i).ok() });
-                        }
+                        let _ = open_loop::send_scheduled(
+                            &rooms[room],
+                            &senders[room][1],
+                            &stats[room][1],
+                            i,
+                            &body,
+                        );
                     });
                     for m in stats.iter().flatten() {
                         m.publish_final();
@@ -84,59 +114,63 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &HistoryArgs) -> Result<Report, String
                 .map_err(|e| format!("send scheduler: {e}"))?
         };
         let reader = {
-            let (senders, stats, rooms, stop) = (running.senders.clone(), running.stats.clone(), rooms.clone(), stop.clone());
+            let (senders, stats, rooms, stop) = (
+                running.senders.clone(),
+                running.stats.clone(),
+                rooms.clone(),
+                stop.clone(),
+            );
             std::thread::Builder::new()
                 .name("bench-reads".into())
                 .spawn(move || {
-                    let frames: Vec<String> = rooms.iter().filter_map(|r| engine::history_frame(r).ok()).collect();
+                    let frames: Vec<String> = rooms
+                        .iter()
+                        .filter_map(|r| engine::history_frame(r).ok())
+                        .collect();
                     let n = engine::run_schedule(read_clock, total_reads, &stop, |j, due| {
                         let room = usize::try_from(j % p).unwrap_or(0);
                         if let Some(text) = frames.get(room) {
                             stats[room][0].history_sent.fetch_add(1, Ordering::AcqRel);
-                            let _ = senders[room][0].send(Out { text: text.clone(), gated: Some(due), stamp: None });
+                            let _ = senders[room][0].send(Out {
+                                text: text.clone(),
+                                gated: Some(due),
+                                stamp: None,
+                            });
                         }
                     });
                     for m in stats.iter().flatten() {
-                        m.history_final.store(m.history_sent.load(Ordering::Acquire), Ordering::Release);
+                        m.history_final
+                            .store(m.history_sent.load(Ordering::Acquire), Ordering::Release);
                     }
                     n
                 })
                 .map_err(|e| format!("read scheduler: {e}"))?
         };
 
-        let mut window_start: Option<(Instant, Option<Sample>, Sample)> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let mut last_print = (Instant::now(), engine::Totals::default());
-        while !(sender.is_finished() && reader.is_finished()) {
-            tick.tick().await;
-            let now = Instant::now();
-            if window_start.is_none() && now >= measure_from {
-                window_start = Some((now, ctx.server_sample(), Sample::of_self()));
-            }
-            if engine::any_closed(&running.stats) {
-                stop.store(true, Ordering::Relaxed);
-            }
-            if now.duration_since(last_print.0) >= Duration::from_secs(1) {
-                let t = engine::totals(&running.stats);
-                let dt = now.duration_since(last_print.0).as_secs_f64();
-                let recent = running.hists.recent_history.take();
-                eprintln!(
-                    "[history] {:>5.1}s pages {:>5.0}/s sends {:>6.0}/s  last second: p50 {:.2} p99 {:.2} max {:.2} ms{}",
-                    now.saturating_duration_since(t0).as_secs_f64(),
-                    (t.history_answered - last_print.1.history_answered) as f64 / dt,
-                    (t.sent - last_print.1.sent) as f64 / dt,
-                    recent.value_at_quantile(0.5) as f64 / 1000.0,
-                    recent.value_at_quantile(0.99) as f64 / 1000.0,
-                    recent.max() as f64 / 1000.0,
-                    if now < measure_from { " (warm-up)" } else { "" },
-                );
-                last_print = (now, t);
-            }
-        }
-        let end = (Instant::now(), ctx.server_sample(), Sample::of_self());
-        let sends = sender.join().map_err(|_| "the send scheduler panicked".to_owned())?;
-        let reads = reader.join().map_err(|_| "the read scheduler panicked".to_owned())?;
-        let drained = running.drain(Duration::from_secs_f64(ctx.common.drain_secs), "history").await;
+        let progress = Progress {
+            label: "history",
+            t0,
+            measure_from,
+            recent: &running.hists.recent_history,
+            rates: |t, p, dt| {
+                format!(
+                    "pages {:>5.0}/s sends {:>6.0}/s",
+                    (t.history_answered - p.history_answered) as f64 / dt,
+                    (t.sent - p.sent) as f64 / dt
+                )
+            },
+        };
+        let done = || sender.is_finished() && reader.is_finished();
+        let (window_start, end) = open_loop::follow(ctx, &running, &stop, &progress, done).await;
+        let sends = sender
+            .join()
+            .map_err(|_| "the send scheduler panicked".to_owned())?;
+        let reads = reader
+            .join()
+            .map_err(|_| "the read scheduler panicked".to_owned())?;
+        let drained = running
+            .drain(Duration::from_secs_f64(ctx.common.drain_secs), "history")
+            .await;
         let history = running.hists.history.snapshot();
         let history_from_write = running.hists.history_from_write.snapshot();
         let send_latency = running.hists.from_schedule.snapshot();
@@ -153,10 +187,16 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &HistoryArgs) -> Result<Report, String
         let mut report = Report::new("history");
         report.set("rooms", args.rooms);
         report.set("seeded_per_room", per_member * 2);
-        report.set("seed_per_sec", round1(seeded.persisted_in_window as f64 / seeded.window_secs.max(1e-9)));
+        report.set(
+            "seed_per_sec",
+            round1(seeded.persisted_in_window as f64 / seeded.window_secs.max(1e-9)),
+        );
         report.set("rate", args.rate);
         report.set("send_rate", args.send_rate);
-        report.set("measured_secs", round1(end.0.saturating_duration_since(s_at).as_secs_f64()));
+        report.set(
+            "measured_secs",
+            round1(end.0.saturating_duration_since(s_at).as_secs_f64()),
+        );
         report.set("history_requests", measured.history_sent);
         report.set("history_answered", measured.history_answered);
         report.set("bad_history", measured.bad_history);
@@ -164,18 +204,41 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &HistoryArgs) -> Result<Report, String
         report.set("achieved_send_rate", round1(sends as f64 / elapsed));
         report.set(
             "history_bytes_mean",
-            measured.history_bytes.checked_div(measured.history_answered).unwrap_or(0),
+            measured
+                .history_bytes
+                .checked_div(measured.history_answered)
+                .unwrap_or(0),
         );
         report.set("history_latency", hist_json(&history));
         report.set("history_latency_from_write", hist_json(&history_from_write));
         report.set("send_latency", hist_json(&send_latency));
-        report.row("rooms, seeded", format!("{} rooms x {} messages", args.rooms, per_member * 2));
-        report.row("history requests", format!("{} answered of {} ({:.0}/s)", measured.history_answered, measured.history_sent, reads as f64 / elapsed));
-        report.row("concurrent sends", format!("{:.0} msg/s", sends as f64 / elapsed));
+        report.row(
+            "rooms, seeded",
+            format!("{} rooms x {} messages", args.rooms, per_member * 2),
+        );
+        report.row(
+            "history requests",
+            format!(
+                "{} answered of {} ({:.0}/s)",
+                measured.history_answered,
+                measured.history_sent,
+                reads as f64 / elapsed
+            ),
+        );
+        report.row(
+            "concurrent sends",
+            format!("{:.0} msg/s", sends as f64 / elapsed),
+        );
         report.row("latest page: due -> response", hist_row(&history));
-        report.row("latest page: written -> response", hist_row(&history_from_write));
+        report.row(
+            "latest page: written -> response",
+            hist_row(&history_from_write),
+        );
         report.row("bad pages", measured.bad_history.to_string());
-        report.row("sends meanwhile: due -> other member", hist_row(&send_latency));
+        report.row(
+            "sends meanwhile: due -> other member",
+            hist_row(&send_latency),
+        );
         report.verdict(&verdict, drained && seeded.drained);
         if history.is_empty() {
             report.ok = false;

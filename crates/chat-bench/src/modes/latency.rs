@@ -4,16 +4,15 @@
 //! got around to writing it, so a server that falls behind cannot hide its queueing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
 use crate::cli::LatencyArgs;
-use crate::conn::{Out, Stamps};
-use crate::engine::{self, Clock, StartOptions};
+use crate::engine::{self, Clock};
+use crate::modes::open_loop::{self, Progress};
 use crate::modes::{Ctx, pair_of};
-use crate::procstat::Sample;
 use crate::report::{Report, hist_json, hist_row, round1};
 
 pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String> {
@@ -24,17 +23,22 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
     ctx.check_sockets(args.rooms * 2)?;
     let pairs = ctx.provision(args.rooms)?;
     rt.block_on(async move {
-        let live = engine::connect_pairs(&ctx.target, &pairs, ctx.common.connect_concurrency, ctx.common.per_source_ip).await?;
+        let live = engine::connect_pairs(
+            &ctx.nodes,
+            &pairs,
+            ctx.common.connect_concurrency,
+            ctx.common.per_source_ip,
+        )
+        .await?;
         let total = (args.rate * (args.warmup.max(0.0) + args.duration)).ceil() as u64;
         // A moment for the scheduler thread to start before the first due time.
         let t0 = Instant::now() + Duration::from_millis(50);
-        let clock = Clock { t0, rate: args.rate, measure_from: t0 + Duration::from_secs_f64(args.warmup.max(0.0)) };
-        let stamps = Arc::new(Stamps::new(t0, usize::try_from(total).map_err(|e| e.to_string())?));
-        let running = engine::start(
-            &pairs,
-            live,
-            StartOptions { clock: Some(clock), stamps: Some(stamps), refill: None, gates: false, body: body.clone() },
-        )?;
+        let clock = Clock {
+            t0,
+            rate: args.rate,
+            measure_from: t0 + Duration::from_secs_f64(args.warmup.max(0.0)),
+        };
+        let running = open_loop::start(&pairs, live, clock, total, false, body.clone())?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let scheduler = {
@@ -50,12 +54,15 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
                     let n = engine::run_schedule(clock, total, &stop, |i, _due| {
                         let room = usize::try_from(i % p).unwrap_or(0);
                         let side = usize::try_from((i / p) % 2).unwrap_or(0);
-                        match engine::send_frame(&rooms[room], b'L', i, &body) {
-                            Ok(text) => {
-                                stats[room][side].sent.fetch_add(1, Ordering::AcqRel);
-                                let _ = senders[room][side].send(Out { text, gated: None, stamp: usize::try_from(i).ok() });
-                            }
-                            Err(e) => failed = Some(e),
+                        let sent = open_loop::send_scheduled(
+                            &rooms[room],
+                            &senders[room][side],
+                            &stats[room][side],
+                            i,
+                            &body,
+                        );
+                        if let Err(e) = sent {
+                            failed = Some(e);
                         }
                     });
                     for m in stats.iter().flatten() {
@@ -66,38 +73,27 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
                 .map_err(|e| format!("scheduler thread: {e}"))?
         };
 
-        let mut window_start: Option<(Instant, Option<Sample>, Sample)> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let mut last_print = (Instant::now(), engine::Totals::default());
-        while !scheduler.is_finished() {
-            tick.tick().await;
-            let now = Instant::now();
-            if window_start.is_none() && now >= clock.measure_from {
-                window_start = Some((now, ctx.server_sample(), Sample::of_self()));
-            }
-            if engine::any_closed(&running.stats) {
-                stop.store(true, Ordering::Relaxed);
-            }
-            if now.duration_since(last_print.0) >= Duration::from_secs(1) {
-                let t = engine::totals(&running.stats);
-                let dt = now.duration_since(last_print.0).as_secs_f64();
-                let recent = running.hists.recent.take();
-                eprintln!(
-                    "[latency] {:>5.1}s sent {:>6.0}/s delivered {:>6.0}/s  last second: p50 {:.2} p99 {:.2} max {:.2} ms{}",
-                    now.saturating_duration_since(t0).as_secs_f64(),
-                    (t.sent - last_print.1.sent) as f64 / dt,
-                    (t.delivered - last_print.1.delivered) as f64 / dt,
-                    recent.value_at_quantile(0.5) as f64 / 1000.0,
-                    recent.value_at_quantile(0.99) as f64 / 1000.0,
-                    recent.max() as f64 / 1000.0,
-                    if now < clock.measure_from { " (warm-up)" } else { "" },
-                );
-                last_print = (now, t);
-            }
-        }
-        let end = (Instant::now(), ctx.server_sample(), Sample::of_self());
-        let (dispatched, failed) = scheduler.join().map_err(|_| "the scheduler thread panicked".to_owned())?;
-        let drained = running.drain(Duration::from_secs_f64(ctx.common.drain_secs), "latency").await;
+        let progress = Progress {
+            label: "latency",
+            t0,
+            measure_from: clock.measure_from,
+            recent: &running.hists.recent,
+            rates: |t, p, dt| {
+                format!(
+                    "sent {:>6.0}/s delivered {:>6.0}/s",
+                    (t.sent - p.sent) as f64 / dt,
+                    (t.delivered - p.delivered) as f64 / dt
+                )
+            },
+        };
+        let (window_start, end) =
+            open_loop::follow(ctx, &running, &stop, &progress, || scheduler.is_finished()).await;
+        let (dispatched, failed) = scheduler
+            .join()
+            .map_err(|_| "the scheduler thread panicked".to_owned())?;
+        let drained = running
+            .drain(Duration::from_secs_f64(ctx.common.drain_secs), "latency")
+            .await;
         let from_schedule = running.hists.from_schedule.snapshot();
         let from_write = running.hists.from_write.snapshot();
         let confirm = running.hists.confirm.snapshot();
@@ -107,7 +103,9 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
         }
         let verdict = running.finish(&mut errors).await;
         if !drained {
-            errors.push("not everything in flight arrived before the drain limit (see lost)".to_owned());
+            errors.push(
+                "not everything in flight arrived before the drain limit (see lost)".to_owned(),
+            );
         }
         let (s_at, s_srv, s_cli) = window_start.unwrap_or((t0, None, end.2));
         let elapsed = end.0.saturating_duration_since(t0).as_secs_f64().max(1e-9);
@@ -115,13 +113,22 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
         let mut report = Report::new("latency");
         report.set("rate", args.rate);
         report.set("rooms", args.rooms);
-        report.set("measured_secs", round1(end.0.saturating_duration_since(s_at).as_secs_f64()));
+        report.set(
+            "measured_secs",
+            round1(end.0.saturating_duration_since(s_at).as_secs_f64()),
+        );
         report.set("achieved_rate", round1(dispatched as f64 / elapsed));
         report.set("latency", hist_json(&from_schedule));
         report.set("latency_from_write", hist_json(&from_write));
         report.set("confirm_latency", hist_json(&confirm));
-        report.row("rate x rooms", format!("{} msg/s over {} rooms", args.rate, args.rooms));
-        report.row("achieved send rate", format!("{:.0} msg/s", dispatched as f64 / elapsed));
+        report.row(
+            "rate x rooms",
+            format!("{} msg/s over {} rooms", args.rate, args.rooms),
+        );
+        report.row(
+            "achieved send rate",
+            format!("{:.0} msg/s", dispatched as f64 / elapsed),
+        );
         report.row("scheduled send -> other member", hist_row(&from_schedule));
         report.row("written -> other member", hist_row(&from_write));
         report.row("written -> own copy back", hist_row(&confirm));

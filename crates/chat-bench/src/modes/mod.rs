@@ -3,17 +3,22 @@
 pub mod connections;
 pub mod history;
 pub mod latency;
+mod open_loop;
 pub mod throughput;
 
+use std::sync::Arc;
+
 use crate::cli::Common;
-use crate::conn::Target;
-use crate::procstat::Sample;
+use crate::nodes::Nodes;
+use crate::procstat::Servers;
 use crate::provision::{self, Pair, Service};
 
 /// What every mode gets.
 pub struct Ctx {
     pub common: Common,
-    pub target: Target,
+    /// The servers (`--url`), in order; the first one's service API opens rooms and issues
+    /// tokens.
+    pub nodes: Arc<Nodes>,
     /// The open-file soft limit in force.
     pub nofile: u64,
 }
@@ -29,7 +34,7 @@ impl Ctx {
                 "--service-key (or CHAT_SERVICE_KEY) is required to open rooms and issue tokens",
             )?;
         Ok(Service::new(
-            &self.target.http_base,
+            &self.nodes.first().http_base,
             key,
             self.common.provision_threads,
         ))
@@ -55,8 +60,9 @@ impl Ctx {
         )
     }
 
-    pub fn server_sample(&self) -> Option<Sample> {
-        self.common.server_pid.map(Sample::of)
+    /// Readings of every `--server-pid`, when there is one.
+    pub fn server_sample(&self) -> Option<Servers> {
+        Servers::of(&self.common.server_pids)
     }
 
     /// Fails early when the sockets would not fit under the open-file limit.
@@ -74,7 +80,7 @@ impl Ctx {
     }
 }
 
-/// Both readings of the server, when there is a PID.
-pub fn pair_of(a: Option<Sample>, b: Option<Sample>) -> Option<(Sample, Sample)> {
+/// Both readings of the servers, when there are PIDs.
+pub fn pair_of(a: Option<Servers>, b: Option<Servers>) -> Option<(Servers, Servers)> {
     a.zip(b)
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::cli::ThroughputArgs;
 use crate::engine::{self, StartOptions, Totals, WindowPlan};
 use crate::modes::{Ctx, pair_of};
-use crate::procstat::Sample;
+use crate::procstat::{Sample, Servers};
 use crate::provision::Pair;
 use crate::report::{Report, hist_json, hist_row, round1};
 
@@ -39,7 +39,7 @@ pub struct Measured {
     pub persisted_in_window: u64,
     pub delivered_in_window: u64,
     pub confirm: hdrhistogram::Histogram<u64>,
-    pub server: Option<(Sample, Sample)>,
+    pub server: Option<(Servers, Servers)>,
     pub client: (Sample, Sample),
 }
 
@@ -56,7 +56,7 @@ pub async fn run_window(
 ) -> Result<Measured, String> {
     let body = engine::body(ctx.common.body_len)?;
     let live = engine::connect_pairs(
-        &ctx.target,
+        &ctx.nodes,
         pairs,
         ctx.common.connect_concurrency,
         ctx.common.per_source_ip,
@@ -83,14 +83,23 @@ pub async fn run_window(
     let warmup_end = t0 + Duration::from_secs_f64(warmup.max(0.0));
     let send_end = duration.map(|d| warmup_end + Duration::from_secs_f64(d.max(0.0)));
 
-    let mut start: Option<(Instant, Totals, Option<Sample>, Sample)> = None;
-    let mut end: Option<(Instant, Totals, Option<Sample>, Sample)> = None;
+    let mut start: Option<(Instant, Totals, Option<Servers>, Sample)> = None;
+    let mut end: Option<(Instant, Totals, Option<Servers>, Sample)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut last_print = (Instant::now(), Totals::default());
+    let drain_for = Duration::from_secs_f64(ctx.common.drain_secs);
+    // With --messages alone the run ends when everything has arrived; when every member has
+    // sent its share and nothing more arrives for --drain-secs, what is missing is lost (it
+    // does not wait for ever).
+    let mut last_progress = (Instant::now(), 0u64);
+    let mut stalled = false;
     loop {
         tick.tick().await;
         let now = Instant::now();
         let t = engine::totals(&running.stats);
+        if t.confirmed + t.delivered != last_progress.1 {
+            last_progress = (now, t.confirmed + t.delivered);
+        }
         if start.is_none() && now >= warmup_end {
             start = Some((now, t, ctx.server_sample(), Sample::of_self()));
         }
@@ -104,6 +113,17 @@ pub async fn run_window(
             break;
         }
         if engine::any_closed(&running.stats) {
+            break;
+        }
+        if messages.is_some()
+            && engine::all_final(&running.stats)
+            && now.duration_since(last_progress.0) >= drain_for
+        {
+            eprintln!(
+                "[{label}] everything is sent and nothing arrived for {:.0} s: giving up",
+                drain_for.as_secs_f64()
+            );
+            stalled = true;
             break;
         }
         if now.duration_since(last_print.0) >= Duration::from_secs(1) {
@@ -122,8 +142,9 @@ pub async fn run_window(
         }
     }
     let _ = stop_tx.send(true);
+    // A stalled run has waited its --drain-secs already.
     let drained = running
-        .drain(Duration::from_secs_f64(ctx.common.drain_secs), label)
+        .drain(if stalled { Duration::ZERO } else { drain_for }, label)
         .await;
     let confirm = running.hists.confirm.snapshot();
     let mut errors = Vec::new();
