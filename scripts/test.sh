@@ -6,6 +6,8 @@
 #   as root) and stops and deletes it when this script exits, however it exits.
 #   With DATABASE_URL=postgres://... set, that server is used instead (its user must be
 #   allowed to CREATE DATABASE: every PostgreSQL test creates a database of its own).
+# - Likewise starts a throwaway nats-server with scripts/nats-tmp.sh (installing Debian's
+#   nats-server when missing) unless NATS_URL is set, for the cluster tests' NATS engine.
 # - Runs `cargo test --workspace` (every crate; both store backends, SQLite and PostgreSQL).
 #   Arguments replace `--workspace`: `scripts/test.sh -p chat-store` tests one crate,
 #   `scripts/test.sh -p chat-store -- postgres::` a subset.
@@ -17,8 +19,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 PG_DATADIR=""
+NATS_DIR=""
 cleanup() {
     local status=$?
+    if [[ -n $NATS_DIR ]]; then
+        step "stopping the throwaway NATS server"
+        scripts/nats-tmp.sh stop "$NATS_DIR" || true
+    fi
     if [[ -n $PG_DATADIR ]]; then
         step "stopping the throwaway PostgreSQL"
         scripts/pg-tmp.sh stop "$PG_DATADIR" || true
@@ -45,6 +52,22 @@ start_postgres() {
     export DATABASE_URL
 }
 
+# The cluster tests' NATS engine needs a nats-server: a throwaway one (installed with apt-get
+# when missing), unless NATS_URL already names one.
+start_nats() {
+    if [[ -n ${NATS_URL:-} ]]; then
+        step "using the NATS server in NATS_URL"
+        return
+    fi
+    step "starting a throwaway NATS server (scripts/nats-tmp.sh)"
+    local env_lines
+    env_lines=$(scripts/nats-tmp.sh start)
+    NATS_DIR=$(printf '%s\n' "$env_lines" | sed -n 's/^export MATCHCHAT_NATS_DIR=//p')
+    NATS_URL=$(printf '%s\n' "$env_lines" | sed -n 's/^export NATS_URL=//p')
+    [[ -n $NATS_DIR && -n $NATS_URL ]] || { echo "nats-tmp.sh printed no NATS_URL" >&2; exit 1; }
+    export NATS_URL MATCHCHAT_NATS_DIR="$NATS_DIR"
+}
+
 run_cargo_tests() {
     if [[ $# -gt 0 ]]; then
         step "cargo test $*"
@@ -63,6 +86,7 @@ run_browser_tests() {
 }
 
 start_postgres
+start_nats
 run_cargo_tests "$@"
 if [[ $# -eq 0 ]]; then
     run_browser_tests

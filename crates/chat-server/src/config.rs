@@ -26,6 +26,29 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// How nodes of a cluster tell each other about commits: `local` (one node), `postgres`
+    /// (LISTEN/NOTIFY on the database of DATABASE_URL) or `nats` (core NATS at
+    /// CHAT_NATS_URL). A cluster needs PostgreSQL: SQLite is one node's file.
+    #[arg(long = "bus", env = "CHAT_BUS", value_enum, default_value = "local")]
+    pub bus: crate::cluster::BusKind,
+
+    /// NATS server for `CHAT_BUS=nats`.
+    #[arg(
+        long = "nats-url",
+        env = "CHAT_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+
+    /// Milliseconds between a cluster node's sweeps of the rooms it serves, which find
+    /// messages whose notice was lost. Bounds how late a lost notice makes delivery.
+    #[arg(
+        long = "bus-sweep-ms",
+        env = "CHAT_BUS_SWEEP_MS",
+        default_value_t = 1000
+    )]
+    pub bus_sweep_ms: u64,
+
     /// The host app's key for the service API (`Authorization: Bearer KEY`).
     #[arg(long = "service-key", env = "CHAT_SERVICE_KEY", hide_env_values = true)]
     pub service_key: Option<String>,
@@ -200,6 +223,19 @@ impl Config {
                 "CHAT_REQUEST_RATE_PER_SEC and CHAT_REQUEST_RATE_BURST must be at least 1".into(),
             ));
         }
+        if self.bus != crate::cluster::BusKind::Local
+            && !(self.database_url.starts_with("postgres://")
+                || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid(
+                "CHAT_BUS=postgres or nats makes a cluster, and a cluster needs a PostgreSQL DATABASE_URL: an SQLite file belongs to one node (use CHAT_BUS=local)".into(),
+            ));
+        }
+        if self.bus_sweep_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "CHAT_BUS_SWEEP_MS must be at least 1".into(),
+            ));
+        }
         if self.write_timeout_secs == 0 || self.max_token_ttl_secs == 0 {
             return Err(ConfigError::Invalid(
                 "CHAT_WRITE_TIMEOUT_SECS and CHAT_MAX_TOKEN_TTL_SECS must be at least 1".into(),
@@ -293,6 +329,24 @@ mod tests {
 
     const KEY: &str = "a-service-key-of-32-bytes-or-more-0123";
     const SECRET: &str = "a-jwt-secret-of-32-bytes-or-more-01234";
+
+    #[test]
+    fn a_cluster_bus_needs_postgres() {
+        let lite =
+            parse(&["--demo", "--bus", "nats", "--database-url", "sqlite://x.db"]).validate();
+        assert!(
+            matches!(&lite, Err(ConfigError::Invalid(m)) if m.contains("PostgreSQL")),
+            "{lite:?}"
+        );
+        let pg = parse(&[
+            "--demo",
+            "--bus",
+            "postgres",
+            "--database-url",
+            "postgres://u@h/db",
+        ]);
+        assert!(pg.validate().is_ok());
+    }
 
     #[test]
     fn weak_or_shared_secrets_are_refused() {

@@ -13,6 +13,7 @@ mod api;
 mod assets;
 mod auth;
 mod clock;
+mod cluster;
 mod demo;
 mod error;
 mod origin;
@@ -47,6 +48,8 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error("store: {0}")]
     Store(#[from] chat_store::StoreError),
+    #[error(transparent)]
+    Bus(#[from] cluster::BusError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -97,8 +100,27 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         None
     };
 
-    let (services, handles) =
-        Services::start(&core, &config, store.clone(), clock.clone(), writers);
+    let node = uuid::Uuid::new_v4().simple().to_string();
+    let engine = cluster::start(
+        config.bus,
+        &config.database_url,
+        &config.nats_url,
+        node.clone(),
+        &core,
+    )
+    .await?
+    .map(|engine| (node.clone(), engine));
+    if engine.is_some() {
+        tracing::info!(bus = ?config.bus, node, "cluster node");
+    }
+    let (services, handles) = Services::start(
+        &core,
+        &config,
+        store.clone(),
+        clock.clone(),
+        writers,
+        engine,
+    );
     let registry = handles.registry.clone();
     let frame_ancestors = config.frame_ancestors();
     let state = web::Data::new(AppState {

@@ -20,11 +20,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use bytestring::ByteString;
 use chat_domain::protocol::{Close, ServerFrame};
-use chat_domain::{RoomSummary, UserId};
-use chat_store::StoreEvent;
+use chat_domain::{HistoryPage, Members, Message, Room, RoomId, RoomSummary, Seq, UserId};
+use chat_store::{Repository, StoreEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::cluster::notice::members as notice_members;
+use crate::cluster::sequencer::{Sequencer, Step};
+use crate::cluster::{Incoming, Item};
 
 pub type ConnId = u64;
 
@@ -100,6 +106,11 @@ enum Command {
         user: UserId,
         id: ConnId,
     },
+    /// A connection's `ready` showed these rooms at these seqs (a cluster node starts
+    /// tracking them there).
+    Track {
+        rooms: Vec<(RoomId, Members, u64)>,
+    },
     Shutdown,
 }
 
@@ -115,11 +126,22 @@ pub struct RegistryConfig {
     pub mailbox_capacity: usize,
 }
 
+/// What a registry of a cluster node needs beyond the local event bus.
+pub struct ClusterInputs {
+    /// Notices from the other nodes.
+    pub incoming: mpsc::Receiver<Incoming>,
+    /// Where missing messages are read from.
+    pub store: Arc<dyn Repository>,
+    /// How often the rooms this node serves are swept for messages whose notice was lost.
+    pub sweep_every: Duration,
+}
+
 impl RegistryHandle {
     /// Starts the registry task, fed by `events` (a subscription to the store's bus).
     pub fn spawn(
         config: RegistryConfig,
         events: broadcast::Receiver<Arc<StoreEvent>>,
+        cluster: Option<ClusterInputs>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(4096);
         let (count_tx, connections) = watch::channel(0usize);
@@ -129,8 +151,9 @@ impl RegistryHandle {
             next_id: 1,
             shutting_down: false,
             count: count_tx,
+            cluster: None,
         };
-        let task = tokio::spawn(registry.run(rx, events));
+        let task = tokio::spawn(registry.run(rx, events, cluster));
         (
             Self {
                 commands,
@@ -160,6 +183,12 @@ impl RegistryHandle {
                 commands: self.commands.clone(),
             },
         })
+    }
+
+    /// Tells a cluster node's registry which rooms a new connection saw at which seq (a
+    /// single node ignores it).
+    pub fn track(&self, rooms: Vec<(RoomId, Members, u64)>) {
+        let _ = self.commands.try_send(Command::Track { rooms });
     }
 
     /// Closes every connection with 1001 and refuses new ones.
@@ -207,6 +236,17 @@ struct Registry {
     next_id: ConnId,
     shutting_down: bool,
     count: watch::Sender<usize>,
+    /// Set on a cluster node: per-room order across nodes.
+    cluster: Option<Cluster>,
+}
+
+/// A cluster node's registry state: the sequencer, and the tasks it starts.
+struct Cluster {
+    sequencer: Sequencer,
+    store: Arc<dyn Repository>,
+    fetched: mpsc::Sender<(RoomId, Option<Vec<Message>>)>,
+    swept: mpsc::Sender<Option<Vec<(RoomId, Seq)>>>,
+    sweeping: bool,
 }
 
 impl Registry {
@@ -214,7 +254,26 @@ impl Registry {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut events: broadcast::Receiver<Arc<StoreEvent>>,
+        cluster: Option<ClusterInputs>,
     ) {
+        let (fetched_tx, mut fetched) = mpsc::channel(1024);
+        let (swept_tx, mut swept) = mpsc::channel(4);
+        let (mut incoming, sweep_every) = match cluster {
+            Some(inputs) => {
+                self.cluster = Some(Cluster {
+                    sequencer: Sequencer::default(),
+                    store: inputs.store,
+                    fetched: fetched_tx,
+                    swept: swept_tx,
+                    sweeping: false,
+                });
+                (Some(inputs.incoming), inputs.sweep_every)
+            }
+            None => (None, Duration::from_secs(3600)),
+        };
+        let mut sweep = tokio::time::interval(sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let clustered = incoming.is_some();
         let mut events_open = true;
         loop {
             tokio::select! {
@@ -230,8 +289,167 @@ impl Registry {
                     }
                     Err(broadcast::error::RecvError::Closed) => events_open = false,
                 },
+                Some(notice) = recv_incoming(&mut incoming), if clustered => match notice {
+                    Incoming::Notice(notice) => {
+                        for item in notice.items {
+                            self.remote(item);
+                        }
+                    }
+                    Incoming::Reconnected => {
+                        tracing::info!("cluster bus reconnected; sweeping for messages announced meanwhile");
+                        self.start_sweep();
+                    }
+                },
+                Some((room, messages)) = fetched.recv(), if clustered => {
+                    let steps = self.sequencer().map(|s| s.fetched(&room, messages)).unwrap_or_default();
+                    self.carry_out(steps);
+                }
+                Some(result) = swept.recv(), if clustered => {
+                    if let Some(cluster) = self.cluster.as_mut() {
+                        cluster.sweeping = false;
+                    }
+                    let steps = match (result, self.sequencer()) {
+                        (Some(last_seqs), Some(sequencer)) => sequencer.swept(last_seqs),
+                        _ => Vec::new(),
+                    };
+                    self.carry_out(steps);
+                }
+                _ = sweep.tick(), if clustered => self.start_sweep(),
             }
         }
+    }
+
+    fn sequencer(&mut self) -> Option<&mut Sequencer> {
+        self.cluster.as_mut().map(|c| &mut c.sequencer)
+    }
+
+    /// True when a member of the room has a connection here.
+    fn serves(&self, members: &Members) -> bool {
+        members
+            .as_slice()
+            .iter()
+            .any(|m| self.users.contains_key(m))
+    }
+
+    /// An event another node committed.
+    fn remote(&mut self, item: Item) {
+        match item {
+            Item::Messages {
+                room,
+                members,
+                first,
+                last,
+            } => {
+                let Some(members) = notice_members(&members) else {
+                    return;
+                };
+                if !self.serves(&members) {
+                    return;
+                }
+                let steps = self
+                    .sequencer()
+                    .map(|s| s.announced(room, members, first.get(), last.get()))
+                    .unwrap_or_default();
+                self.carry_out(steps);
+            }
+            Item::Seen {
+                room,
+                members,
+                reader,
+                up_to,
+                at,
+            } => {
+                let frame = ServerFrame::Seen {
+                    room_id: room,
+                    reader_id: reader,
+                    up_to_seq: up_to,
+                    seen_at: at,
+                };
+                self.deliver(&members, &frame);
+            }
+            Item::RoomOpened {
+                room,
+                members,
+                created_at,
+            } => {
+                if let Some(members) = notice_members(&members) {
+                    let room = Room {
+                        id: room,
+                        members,
+                        created_at,
+                        closed_at: None,
+                    };
+                    let frame = ServerFrame::RoomOpened {
+                        room: RoomSummary::new(&room, None, 0),
+                    };
+                    self.deliver(room.members.as_slice(), &frame);
+                }
+            }
+            Item::RoomClosed { room, members, .. } => {
+                self.deliver(&members, &ServerFrame::RoomClosed { room_id: room });
+            }
+            Item::Ephemeral { users, frame } => self.deliver_text(&users, ByteString::from(frame)),
+        }
+    }
+
+    /// Carries out the sequencer's steps: forwards messages, starts reads.
+    fn carry_out(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Deliver(members, message) => {
+                    let frame = ServerFrame::Message {
+                        room_id: message.room_id.clone(),
+                        message,
+                    };
+                    self.deliver(members.as_slice(), &frame);
+                }
+                Step::Fetch {
+                    room,
+                    reader,
+                    after,
+                } => {
+                    let Some(cluster) = self.cluster.as_ref() else {
+                        continue;
+                    };
+                    let (store, fetched) = (cluster.store.clone(), cluster.fetched.clone());
+                    tokio::spawn(async move {
+                        let page = HistoryPage::from_cursors(None, Some(after), None);
+                        let messages = match page {
+                            Ok(page) => store.history(&room, &reader, page).await,
+                            Err(rule) => Err(chat_store::StoreError::Rule(rule)),
+                        };
+                        let messages = messages
+                            .inspect_err(|error| tracing::warn!(room = %room, %error, "reading announced messages failed; the sweep retries"))
+                            .ok();
+                        let _ = fetched.send((room, messages)).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads `last_seq` of every room this node serves, off the registry task.
+    fn start_sweep(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        if cluster.sweeping {
+            return;
+        }
+        let rooms = cluster.sequencer.rooms();
+        if rooms.is_empty() {
+            return;
+        }
+        cluster.sweeping = true;
+        let (store, swept) = (cluster.store.clone(), cluster.swept.clone());
+        tokio::spawn(async move {
+            let result = store
+                .last_seqs(&rooms)
+                .await
+                .inspect_err(|error| tracing::warn!(%error, "cluster sweep failed"))
+                .ok();
+            let _ = swept.send(result).await;
+        });
     }
 
     fn handle(&mut self, command: Command) {
@@ -248,9 +466,20 @@ impl Registry {
                     conns.retain(|c| c.id != id);
                     if conns.is_empty() {
                         self.users.remove(&user);
+                        let users = &self.users;
+                        if let Some(cluster) = self.cluster.as_mut() {
+                            cluster.sequencer.retain(|u| users.contains_key(u));
+                        }
                     }
                 }
                 self.publish_count();
+            }
+            Command::Track { rooms } => {
+                if let Some(sequencer) = self.sequencer() {
+                    for (room, members, last_seq) in rooms {
+                        sequencer.snapshot(room, members, last_seq);
+                    }
+                }
             }
             Command::Shutdown => {
                 self.shutting_down = true;
@@ -296,6 +525,17 @@ impl Registry {
     fn fan_out(&mut self, event: &StoreEvent) {
         match event {
             StoreEvent::MessageCommitted { members, message } => {
+                if self.cluster.is_some() {
+                    // Through the sequencer: it must not overtake another node's commit.
+                    if self.serves(members) {
+                        let steps = self
+                            .sequencer()
+                            .map(|s| s.committed(members.clone(), message.clone()))
+                            .unwrap_or_default();
+                        self.carry_out(steps);
+                    }
+                    return;
+                }
                 let frame = ServerFrame::Message {
                     room_id: message.room_id.clone(),
                     message: message.clone(),
@@ -333,12 +573,17 @@ impl Registry {
     }
 
     fn deliver(&mut self, users: &[UserId], frame: &ServerFrame) {
-        let mut text: Option<ByteString> = None;
+        if users.iter().any(|u| self.users.contains_key(u)) {
+            self.deliver_text(users, ByteString::from(frame.to_json()));
+        }
+    }
+
+    /// Sends a serialised frame to every live connection of `users`.
+    fn deliver_text(&mut self, users: &[UserId], text: ByteString) {
         for user in users {
             let Some(conns) = self.users.get_mut(user) else {
                 continue;
             };
-            let text = text.get_or_insert_with(|| ByteString::from(frame.to_json()));
             for conn in conns.iter_mut().filter(|c| !c.kicked()) {
                 match conn.mailbox.try_send(text.clone()) {
                     Ok(()) => {}
@@ -386,6 +631,7 @@ mod tests {
                 mailbox_capacity: mailbox,
             },
             bus.subscribe(),
+            None,
         );
         (handle, bus)
     }
@@ -482,5 +728,13 @@ mod tests {
             registry.register(user("bob")).await.err(),
             Some(RegisterError::ShuttingDown)
         );
+    }
+}
+
+/// The next notice from the cluster bus; pending for ever on a single node.
+async fn recv_incoming(incoming: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
+    match incoming {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

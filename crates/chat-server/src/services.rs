@@ -1,7 +1,8 @@
 //! The server's background services, started together and stopped in one documented order.
 //!
 //! Started on the core runtime: the registry (fans committed events out to connections), the
-//! group-commit writers, and the rate limiters' housekeeping.
+//! group-commit writers, the rate limiters' housekeeping, and on a cluster node the
+//! publisher of this node's notices (`cluster/`).
 //!
 //! Shutdown order (after SIGTERM or SIGINT), and why:
 //! 1. The registry refuses new connections and closes every socket with 1001
@@ -11,7 +12,8 @@
 //! 3. [`Services::finish`]: every `WriterHandle` clone is dropped by then, so each writer
 //!    commits what is already queued and stops (within 10 s): a send that was queued is
 //!    committed even if its socket is gone, and the client finds it on catch-up.
-//! 4. Housekeeping and the registry task are stopped last.
+//! 4. On a cluster node, the publisher announces the last commits (up to 2 s). Housekeeping
+//!    and the registry task are stopped last.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +22,11 @@ use chat_domain::Clock;
 use chat_store::Repository;
 use tokio::task::JoinHandle;
 
+use crate::cluster::Engine;
+use crate::cluster::publisher::Publisher;
 use crate::config::Config;
 use crate::ratelimit::{self, KeyFailures, RequestLimiter, SendLimiter};
-use crate::registry::{RegistryConfig, RegistryHandle};
+use crate::registry::{ClusterInputs, RegistryConfig, RegistryHandle};
 use crate::writer::WriterHandle;
 
 /// Frames a connection's mailbox holds before the connection counts as too slow.
@@ -49,24 +53,42 @@ pub struct Services {
     registry_task: JoinHandle<()>,
     writer_tasks: Vec<JoinHandle<()>>,
     housekeeping: JoinHandle<()>,
+    publisher: Option<Publisher>,
 }
 
 impl Services {
-    /// Starts every service on `core`.
+    /// Starts every service on `core`; `engine` is the cluster bus (none on a single node).
     pub fn start(
         core: &tokio::runtime::Handle,
         config: &Config,
         store: Arc<dyn Repository>,
         clock: Arc<dyn Clock>,
         writers: usize,
+        engine: Option<(String, Engine)>,
     ) -> (Self, Handles) {
         let _enter = core.enter();
+        let (cluster_inputs, publisher) = match engine {
+            Some((node, engine)) => (
+                Some(ClusterInputs {
+                    incoming: engine.incoming,
+                    store: store.clone(),
+                    sweep_every: Duration::from_millis(config.bus_sweep_ms),
+                }),
+                Some(Publisher::spawn(
+                    node,
+                    engine.bus,
+                    store.events().subscribe(),
+                )),
+            ),
+            None => (None, None),
+        };
         let (registry, registry_task) = RegistryHandle::spawn(
             RegistryConfig {
                 max_connections_per_user: config.max_connections_per_user,
                 mailbox_capacity: MAILBOX_CAPACITY,
             },
             store.events().subscribe(),
+            cluster_inputs,
         );
         let (writer, writer_tasks) =
             WriterHandle::spawn(store, clock, writers, config.max_batch, WRITER_QUEUE);
@@ -79,6 +101,7 @@ impl Services {
             registry_task,
             writer_tasks,
             housekeeping,
+            publisher,
         };
         let handles = Handles {
             registry,
@@ -107,6 +130,10 @@ impl Services {
             }
         }
         self.housekeeping.abort();
+        if let Some(publisher) = self.publisher {
+            // The writers are done, so every commit's event is on the bus: announce them.
+            publisher.finish(Duration::from_secs(2)).await;
+        }
         self.registry_task.abort();
         drop(self.registry);
     }

@@ -64,6 +64,10 @@ pub trait Repository: Send + Sync + 'static {
     /// unread count (the other member's messages this user has not marked seen).
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomSummary>, StoreError>;
 
+    /// The last seq of each of these rooms that exists and has messages; rooms without
+    /// messages or unknown are left out. For a cluster node's sweep.
+    async fn last_seqs(&self, ids: &[RoomId]) -> Result<Vec<(RoomId, Seq)>, StoreError>;
+
     /// One room as `user` sees it. `NotAMember` if `user` is not in it.
     async fn room_summary(&self, id: &RoomId, user: &UserId) -> Result<RoomSummary, StoreError>;
 

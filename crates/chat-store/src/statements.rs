@@ -60,6 +60,21 @@ db_run! {
             .collect::<Result<_, _>>()?)
     }
 
+    /// The last seq of each of these rooms that exists (a cluster node's sweep: it finds
+    /// messages whose notice was lost).
+    fn last_seqs(conn, ids: &[RoomId]) -> Result<Vec<(RoomId, Seq)>, TxError> {
+        let names: Vec<&str> = ids.iter().map(RoomId::as_str).collect();
+        let rows: Vec<(String, i64)> = run!(rooms::table
+            .filter(rooms::id.eq_any(names))
+            .filter(rooms::last_seq.gt(0))
+            .select((rooms::id, rooms::last_seq))
+            .load(conn))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, last)| Ok((RoomId::new(id)?, Seq::try_from(last)?)))
+            .collect::<Result<_, chat_domain::DomainError>>()?)
+    }
+
     /// One room as `user` sees it; `NotAMember` if `user` is not in it.
     fn room_summary(conn, id: &RoomId, user: &UserId) -> Result<RoomSummary, TxError> {
         let row = run!(find_room(conn, id.as_str()))?;

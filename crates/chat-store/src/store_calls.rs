@@ -91,6 +91,19 @@ macro_rules! repository_via_calls {
                 .await
             }
 
+            async fn last_seqs(
+                &self,
+                ids: &[chat_domain::RoomId],
+            ) -> Result<Vec<(chat_domain::RoomId, chat_domain::Seq)>, $crate::error::StoreError>
+            {
+                let (inner, ids) = (self.inner.clone(), ids.to_vec());
+                $crate::support::detached(
+                    &self.runtime,
+                    async move { $read!(inner, last_seqs(&ids)) },
+                )
+                .await
+            }
+
             async fn room_summary(
                 &self,
                 id: &chat_domain::RoomId,

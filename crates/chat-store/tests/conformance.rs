@@ -31,6 +31,7 @@ macro_rules! conformance_suite {
                 close_room_is_idempotent,
                 closed_room_refuses_append_but_allows_history_and_mark_seen,
                 append_assigns_gapless_seq,
+                last_seqs_reports_rooms_with_messages,
                 duplicate_append_returns_the_stored_row_without_an_event,
                 append_batch_reports_each_message_in_input_order,
                 events_are_published_after_commit,

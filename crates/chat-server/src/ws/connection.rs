@@ -240,6 +240,18 @@ impl Connection {
             }
         };
         tracing::info!(rooms = rooms.len(), "connection ready");
+        self.state.registry.track(
+            rooms
+                .iter()
+                .filter_map(|r| {
+                    let [a, b] = r.members.as_slice() else {
+                        return None;
+                    };
+                    let members = chat_domain::Members::new(a.clone(), b.clone()).ok()?;
+                    Some((r.room_id.clone(), members, r.last_seq))
+                })
+                .collect(),
+        );
         self.reply(&ServerFrame::Ready {
             user_id: self.user.clone(),
             rooms,

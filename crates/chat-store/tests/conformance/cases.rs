@@ -202,6 +202,23 @@ pub async fn append_assigns_gapless_seq(s: &TestStore) {
     assert_eq!(summary.last_seq, 5);
 }
 
+pub async fn last_seqs_reports_rooms_with_messages(s: &TestStore) {
+    let repo = &*s.repo;
+    let busy = open(repo, "alice", "bob", t(1)).await;
+    let quiet = open(repo, "alice", "carol", t(1)).await;
+    for i in 1..=3u64 {
+        send(repo, &busy.id, "alice", &format!("c{i}"), t(i as i64 + 1)).await;
+    }
+    let mut found = repo
+        .last_seqs(&[busy.id.clone(), quiet.id.clone(), room_id("nope")])
+        .await
+        .unwrap();
+    found.sort();
+    // The quiet room (no messages) and the unknown one are left out.
+    assert_eq!(found, vec![(busy.id.clone(), seq(3))]);
+    assert!(repo.last_seqs(&[]).await.unwrap().is_empty());
+}
+
 pub async fn duplicate_append_returns_the_stored_row_without_an_event(s: &TestStore) {
     let repo = &*s.repo;
     let room = open(repo, "alice", "bob", t(1)).await;

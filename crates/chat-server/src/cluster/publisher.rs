@@ -1,0 +1,133 @@
+//! Tells the other nodes what this node committed: one notice per batch of committed
+//! events, published after the commit.
+//!
+//! It reads the store's event bus like the registry does, takes every event already
+//! waiting (a group commit publishes its events together, so they arrive together) and
+//! publishes them as one [`Notice`]: consecutive messages of a room become one seq range.
+//! Under load, batches grow by themselves; idle, a commit is announced alone, at once.
+
+use std::sync::Arc;
+
+use chat_store::StoreEvent;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+
+use super::notice::pair;
+use super::{Bus, Item, Notice};
+
+/// Events taken into one notice at most.
+const MAX_EVENTS_PER_NOTICE: usize = 4096;
+
+/// The running publisher. [`Publisher::finish`] announces what is still waiting and stops.
+pub struct Publisher {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Publisher {
+    pub fn spawn(
+        node: String,
+        bus: Arc<dyn Bus>,
+        mut events: broadcast::Receiver<Arc<StoreEvent>>,
+    ) -> Self {
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(event) => Some(event),
+                        Err(broadcast::error::RecvError::Lagged(lost)) => {
+                            // The other nodes' sweeps find what these notices would have
+                            // announced.
+                            tracing::warn!(lost, "cluster publisher fell behind the event bus");
+                            continue;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = &mut stopped => None,
+                };
+                let last_round = first.is_none();
+                let mut batch: Vec<_> = first.into_iter().collect();
+                while batch.len() < MAX_EVENTS_PER_NOTICE {
+                    match events.try_recv() {
+                        Ok(event) => batch.push(event),
+                        Err(_) => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    let notice = Notice {
+                        node: node.clone(),
+                        items: items(&batch),
+                    };
+                    if let Err(error) = bus.publish(&notice).await {
+                        tracing::warn!(%error, items = notice.items.len(), "notice not published; other nodes' sweeps will find it");
+                    }
+                }
+                if last_round {
+                    return;
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Announces the events already committed (the writers have stopped) and stops, within
+    /// `grace`.
+    pub async fn finish(self, grace: std::time::Duration) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            tracing::warn!("the cluster publisher did not finish in time");
+        }
+    }
+}
+
+/// The items announcing these events, in order; consecutive messages of one room merge into
+/// one range.
+pub fn items(events: &[Arc<StoreEvent>]) -> Vec<Item> {
+    let mut items: Vec<Item> = Vec::new();
+    for event in events {
+        match event.as_ref() {
+            StoreEvent::MessageCommitted { members, message } => {
+                let seq = message.seq;
+                let merged = items.iter_mut().rev().find_map(|item| match item {
+                    Item::Messages { room, last, .. } if *room == message.room_id => Some(last),
+                    _ => None,
+                });
+                match merged {
+                    Some(last) if last.next() == seq => *last = seq,
+                    _ => items.push(Item::Messages {
+                        room: message.room_id.clone(),
+                        members: pair(members),
+                        first: seq,
+                        last: seq,
+                    }),
+                }
+            }
+            StoreEvent::SeenMarked {
+                room_id,
+                members,
+                reader,
+                up_to,
+                seen_at,
+            } => items.push(Item::Seen {
+                room: room_id.clone(),
+                members: pair(members),
+                reader: reader.clone(),
+                up_to: *up_to,
+                at: *seen_at,
+            }),
+            StoreEvent::RoomOpened { room } => items.push(Item::RoomOpened {
+                room: room.id.clone(),
+                members: pair(&room.members),
+                created_at: room.created_at,
+            }),
+            StoreEvent::RoomClosed { room } => items.push(Item::RoomClosed {
+                room: room.id.clone(),
+                members: pair(&room.members),
+                created_at: room.created_at,
+                closed_at: room.closed_at.unwrap_or(room.created_at),
+            }),
+        }
+    }
+    items
+}
