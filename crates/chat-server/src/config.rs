@@ -40,6 +40,11 @@ pub struct Config {
     )]
     pub nats_url: String,
 
+    /// NATS subject of this cluster's notices. Default: `matchchat.notices.<hash of the
+    /// database's host, port and name>`, so every cluster on a shared NATS server has its own.
+    #[arg(long = "nats-subject", env = "CHAT_NATS_SUBJECT")]
+    pub nats_subject: Option<String>,
+
     /// Milliseconds between a cluster node's sweeps of the rooms it serves, which find
     /// messages whose notice was lost. Bounds how late a lost notice makes delivery.
     #[arg(

@@ -105,6 +105,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         config.bus,
         &config.database_url,
         &config.nats_url,
+        config.nats_subject.as_deref(),
         node.clone(),
         &core,
     )

@@ -64,11 +64,20 @@ pub enum RegisterError {
     ShuttingDown,
 }
 
+/// A frame for a connection's mailbox. A message frame names its room and seq, so a
+/// connection drops the ones its `ready` already counted (registered, then read its rooms:
+/// a commit in between is both in `ready`'s `last_seq` and forwarded live).
+#[derive(Debug, Clone, Default)]
+pub struct Delivery {
+    pub text: ByteString,
+    pub message: Option<Arc<(RoomId, u64)>>,
+}
+
 /// What a connection gets when it registers.
 pub struct Registration {
     pub id: ConnId,
     /// Frames to write to the socket, in order.
-    pub mailbox: mpsc::Receiver<ByteString>,
+    pub mailbox: mpsc::Receiver<Delivery>,
     /// Fires when the registry closes this connection.
     pub kicked: oneshot::Receiver<Kick>,
     /// Deregisters the connection when dropped, however the connection task ends.
@@ -77,7 +86,7 @@ pub struct Registration {
 
 struct Conn {
     id: ConnId,
-    mailbox: mpsc::Sender<ByteString>,
+    mailbox: mpsc::Sender<Delivery>,
     kick: Option<oneshot::Sender<Kick>>,
 }
 
@@ -95,7 +104,7 @@ impl Conn {
 }
 
 /// What the registry hands a new connection: its id, mailbox and kick signal.
-type Admission = (ConnId, mpsc::Receiver<ByteString>, oneshot::Receiver<Kick>);
+type Admission = (ConnId, mpsc::Receiver<Delivery>, oneshot::Receiver<Kick>);
 
 enum Command {
     Register {
@@ -109,6 +118,7 @@ enum Command {
     /// A connection's `ready` showed these rooms at these seqs (a cluster node starts
     /// tracking them there).
     Track {
+        id: ConnId,
         rooms: Vec<(RoomId, Members, u64)>,
     },
     Shutdown,
@@ -152,6 +162,7 @@ impl RegistryHandle {
             shutting_down: false,
             count: count_tx,
             cluster: None,
+            warming: HashMap::new(),
         };
         let task = tokio::spawn(registry.run(rx, events, cluster));
         (
@@ -187,8 +198,8 @@ impl RegistryHandle {
 
     /// Tells a cluster node's registry which rooms a new connection saw at which seq (a
     /// single node ignores it).
-    pub fn track(&self, rooms: Vec<(RoomId, Members, u64)>) {
-        let _ = self.commands.try_send(Command::Track { rooms });
+    pub async fn track(&self, id: ConnId, rooms: Vec<(RoomId, Members, u64)>) {
+        let _ = self.commands.send(Command::Track { id, rooms }).await;
     }
 
     /// Closes every connection with 1001 and refuses new ones.
@@ -238,6 +249,10 @@ struct Registry {
     count: watch::Sender<usize>,
     /// Set on a cluster node: per-room order across nodes.
     cluster: Option<Cluster>,
+    /// Connections registered whose `ready` has not been tracked yet, by user: while one
+    /// is, an event of a room of theirs that is not tracked is left to the `Track` and the
+    /// sweep, so the room's cursor starts where that `ready` said, not at the event.
+    warming: HashMap<UserId, Vec<ConnId>>,
 }
 
 /// A cluster node's registry state: the sequencer, and the tasks it starts.
@@ -331,6 +346,23 @@ impl Registry {
             .any(|m| self.users.contains_key(m))
     }
 
+    /// True when an event of this room may start or move its cursor: a member's connection
+    /// is here, and none of them is between registering and tracking its `ready`.
+    fn sequences(&self, room: &RoomId, members: &Members) -> bool {
+        if !self.serves(members) {
+            return false;
+        }
+        let tracked = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.sequencer.tracks(room));
+        tracked
+            || !members
+                .as_slice()
+                .iter()
+                .any(|m| self.warming.get(m).is_some_and(|w| !w.is_empty()))
+    }
+
     /// An event another node committed.
     fn remote(&mut self, item: Item) {
         match item {
@@ -343,7 +375,7 @@ impl Registry {
                 let Some(members) = notice_members(&members) else {
                     return;
                 };
-                if !self.serves(&members) {
+                if !self.sequences(&room, &members) {
                     return;
                 }
                 let steps = self
@@ -373,6 +405,11 @@ impl Registry {
                 created_at,
             } => {
                 if let Some(members) = notice_members(&members) {
+                    if self.serves(&members)
+                        && let Some(sequencer) = self.sequencer()
+                    {
+                        sequencer.snapshot(room.clone(), members.clone(), 0);
+                    }
                     let room = Room {
                         id: room,
                         members,
@@ -388,7 +425,13 @@ impl Registry {
             Item::RoomClosed { room, members, .. } => {
                 self.deliver(&members, &ServerFrame::RoomClosed { room_id: room });
             }
-            Item::Ephemeral { users, frame } => self.deliver_text(&users, ByteString::from(frame)),
+            Item::Ephemeral { users, frame } => self.deliver_text(
+                &users,
+                Delivery {
+                    text: ByteString::from(frame),
+                    message: None,
+                },
+            ),
         }
     }
 
@@ -462,6 +505,7 @@ impl Registry {
                 let _ = reply.send(result);
             }
             Command::Unregister { user, id } => {
+                self.stop_warming(&user, id);
                 if let Some(conns) = self.users.get_mut(&user) {
                     conns.retain(|c| c.id != id);
                     if conns.is_empty() {
@@ -474,11 +518,19 @@ impl Registry {
                 }
                 self.publish_count();
             }
-            Command::Track { rooms } => {
+            Command::Track { id, rooms } => {
                 if let Some(sequencer) = self.sequencer() {
                     for (room, members, last_seq) in rooms {
                         sequencer.snapshot(room, members, last_seq);
                     }
+                }
+                let user = self
+                    .warming
+                    .iter()
+                    .find(|(_, ids)| ids.contains(&id))
+                    .map(|(u, _)| u.clone());
+                if let Some(user) = user {
+                    self.stop_warming(&user, id);
                 }
             }
             Command::Shutdown => {
@@ -505,8 +557,20 @@ impl Registry {
             mailbox,
             kick: Some(kick),
         });
+        if self.cluster.is_some() {
+            self.warming.entry(user.clone()).or_default().push(id);
+        }
         self.publish_count();
         Ok((id, rx, kicked))
+    }
+
+    fn stop_warming(&mut self, user: &UserId, id: ConnId) {
+        if let Some(ids) = self.warming.get_mut(user) {
+            ids.retain(|&w| w != id);
+            if ids.is_empty() {
+                self.warming.remove(user);
+            }
+        }
     }
 
     fn publish_count(&self) {
@@ -527,7 +591,7 @@ impl Registry {
             StoreEvent::MessageCommitted { members, message } => {
                 if self.cluster.is_some() {
                     // Through the sequencer: it must not overtake another node's commit.
-                    if self.serves(members) {
+                    if self.sequences(&message.room_id, members) {
                         let steps = self
                             .sequencer()
                             .map(|s| s.committed(members.clone(), message.clone()))
@@ -558,6 +622,11 @@ impl Registry {
                 self.deliver(members.as_slice(), &frame);
             }
             StoreEvent::RoomOpened { room } => {
+                if self.serves(&room.members)
+                    && let Some(sequencer) = self.sequencer()
+                {
+                    sequencer.snapshot(room.id.clone(), room.members.clone(), 0);
+                }
                 let frame = ServerFrame::RoomOpened {
                     room: RoomSummary::new(room, None, 0),
                 };
@@ -574,18 +643,30 @@ impl Registry {
 
     fn deliver(&mut self, users: &[UserId], frame: &ServerFrame) {
         if users.iter().any(|u| self.users.contains_key(u)) {
-            self.deliver_text(users, ByteString::from(frame.to_json()));
+            let message = match frame {
+                ServerFrame::Message { message, .. } => {
+                    Some(Arc::new((message.room_id.clone(), message.seq.get())))
+                }
+                _ => None,
+            };
+            self.deliver_text(
+                users,
+                Delivery {
+                    text: ByteString::from(frame.to_json()),
+                    message,
+                },
+            );
         }
     }
 
     /// Sends a serialised frame to every live connection of `users`.
-    fn deliver_text(&mut self, users: &[UserId], text: ByteString) {
+    fn deliver_text(&mut self, users: &[UserId], delivery: Delivery) {
         for user in users {
             let Some(conns) = self.users.get_mut(user) else {
                 continue;
             };
             for conn in conns.iter_mut().filter(|c| !c.kicked()) {
-                match conn.mailbox.try_send(text.clone()) {
+                match conn.mailbox.try_send(delivery.clone()) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         tracing::warn!(user = %user, conn = conn.id, "mailbox full; closing slow connection");
@@ -596,6 +677,14 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+/// The next notice from the cluster bus; pending for ever on a single node.
+async fn recv_incoming(incoming: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
+    match incoming {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -645,7 +734,7 @@ mod tests {
         let mut carol = registry.register(user("carol")).await.unwrap();
         bus.publish(message_event(1));
         for conn in [&mut alice1, &mut alice2, &mut bob] {
-            let frame = conn.mailbox.recv().await.unwrap_or_default();
+            let frame = conn.mailbox.recv().await.unwrap_or_default().text;
             assert!(frame.contains(r#""seq":1"#), "{frame}");
         }
         // Carol is not a member: the next thing she gets is an event of her own.
@@ -656,7 +745,7 @@ mod tests {
             closed_at: None,
         };
         bus.publish(StoreEvent::RoomClosed { room: carol_room });
-        let frame = carol.mailbox.recv().await.unwrap_or_default();
+        let frame = carol.mailbox.recv().await.unwrap_or_default().text;
         assert_eq!(frame, r#"{"type":"room_closed","room_id":"r2"}"#);
     }
 
@@ -668,7 +757,7 @@ mod tests {
         for seq in 1..=3 {
             bus.publish(message_event(seq));
             // Alice reads; her mailbox never fills.
-            let frame = fast.mailbox.recv().await.unwrap_or_default();
+            let frame = fast.mailbox.recv().await.unwrap_or_default().text;
             assert!(frame.contains(&format!(r#""seq":{seq}"#)));
         }
         assert_eq!(slow.kicked.await.ok(), Some(Kick::SlowConsumer));
@@ -728,13 +817,5 @@ mod tests {
             registry.register(user("bob")).await.err(),
             Some(RegisterError::ShuttingDown)
         );
-    }
-}
-
-/// The next notice from the cluster bus; pending for ever on a single node.
-async fn recv_incoming(incoming: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
-    match incoming {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }

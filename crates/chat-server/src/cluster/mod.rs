@@ -80,6 +80,7 @@ pub async fn start(
     kind: BusKind,
     database_url: &str,
     nats_url: &str,
+    nats_subject: Option<&str>,
     node: String,
     core: &tokio::runtime::Handle,
 ) -> Result<Option<Engine>, BusError> {
@@ -92,7 +93,9 @@ pub async fn start(
         }
         BusKind::Nats => {
             let url = nats_url.to_owned();
-            core.spawn(async move { nats::start(&url, node).await })
+            let subject = nats::subject_for(database_url, nats_subject);
+            tracing::info!(subject, "NATS subject of this cluster");
+            core.spawn(async move { nats::start(&url, subject, node).await })
                 .await
         }
     };

@@ -28,7 +28,32 @@ use tokio::sync::{Notify, mpsc};
 use super::{Bus, BusError, Engine, Incoming, Notice};
 
 /// The subject every node publishes on and subscribes to.
-pub const SUBJECT: &str = "matchchat.notices";
+/// The subject's prefix; [`subject_for`] adds the cluster's own part.
+pub const SUBJECT_PREFIX: &str = "matchchat.notices";
+
+/// How long start-up waits for the first connection before going on without it (notices
+/// are then retried by the publisher, and the node sweeps once connected).
+const FIRST_CONNECT: Duration = Duration::from_secs(10);
+
+/// The subject of the cluster on this database: one subject per cluster, so clusters (or
+/// tests) sharing a NATS server never see each other's notices. Derived from the database
+/// the nodes share (host, port and database name of `DATABASE_URL`; not the user or
+/// password), unless `CHAT_NATS_SUBJECT` names one.
+pub fn subject_for(database_url: &str, configured: Option<&str>) -> String {
+    if let Some(subject) = configured.filter(|s| !s.trim().is_empty()) {
+        return subject.trim().to_owned();
+    }
+    let rest = database_url
+        .split_once("://")
+        .map_or(database_url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let place = rest.split(['?', '#']).next().unwrap_or(rest);
+    // FNV-1a: stable across builds and processes, unlike std's hasher.
+    let hash = place.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{SUBJECT_PREFIX}.{hash:016x}")
+}
 
 /// Notices waiting for the node. Bounded so a node that falls behind slows its subscriber
 /// (then NATS drops for it as a slow consumer, which we turn into a sweep) instead of
@@ -50,7 +75,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// while NATS is still coming up. Every connection, the first included, is announced with
 /// [`Incoming::Reconnected`] once the subscription is live on the server: the node may have
 /// taken users before NATS answered.
-pub async fn start(nats_url: &str, node: String) -> Result<Engine, BusError> {
+pub async fn start(nats_url: &str, subject: String, node: String) -> Result<Engine, BusError> {
     let pending = Arc::new(Pending::default());
     let events = pending.clone();
     let client = ConnectOptions::new()
@@ -73,17 +98,27 @@ pub async fn start(nats_url: &str, node: String) -> Result<Engine, BusError> {
         // Not the URL itself in the message: it may carry a password.
         .map_err(|e| BusError::Config(format!("CHAT_NATS_URL is not usable: {e}")))?;
 
+    // A node that serves before the bus is up announces nothing (its publisher retries), so
+    // wait a bounded while for the first connection.
+    let deadline = tokio::time::Instant::now() + FIRST_CONNECT;
+    while client.connection_state() != State::Connected {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("NATS not reachable yet; starting anyway, notices wait until it is");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let subscriber = client
-        .subscribe(SUBJECT)
+        .subscribe(subject.clone())
         .await
-        .map_err(|e| BusError::Unavailable(format!("subscribing to {SUBJECT}: {e}")))?;
+        .map_err(|e| BusError::Unavailable(format!("subscribing to {subject}: {e}")))?;
 
     let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
     tokio::spawn(forward(subscriber, node.clone(), tx.clone()));
     tokio::spawn(announce(pending, client.clone(), tx));
 
     Ok(Engine {
-        bus: Arc::new(NatsBus { client }),
+        bus: Arc::new(NatsBus { client, subject }),
         incoming: rx,
     })
 }
@@ -98,6 +133,7 @@ fn reconnect_delay(attempts: usize) -> Duration {
 
 struct NatsBus {
     client: Client,
+    subject: String,
 }
 
 #[async_trait]
@@ -111,7 +147,7 @@ impl Bus for NatsBus {
             if self.client.connection_state() != State::Connected {
                 return Err(BusError::Unavailable("not connected to NATS".into()));
             }
-            let publish = self.client.publish(SUBJECT, payload.into());
+            let publish = self.client.publish(self.subject.clone(), payload.into());
             match tokio::time::timeout(TIMEOUT, publish).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(BusError::Unavailable(format!("NATS publish: {e}"))),
@@ -295,11 +331,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn subjects_differ_by_database_not_by_credentials() {
+        let one = subject_for("postgres://a:pw@db:5432/chat", None);
+        assert_eq!(
+            one,
+            subject_for("postgres://b:other@db:5432/chat?sslmode=require", None)
+        );
+        assert_ne!(one, subject_for("postgres://a:pw@db:5432/chat2", None));
+        assert!(one.starts_with("matchchat.notices."));
+        assert_eq!(subject_for("x", Some("mine")), "mine");
+    }
+
     /// Two engines, each connected with its subscription live (their first `Reconnected`).
     async fn pair(url: &str) -> (String, Engine, String, Engine) {
         let (a, b) = (node("nats-a"), node("nats-b"));
-        let mut engine_a = start(url, a.clone()).await.unwrap();
-        let mut engine_b = start(url, b.clone()).await.unwrap();
+        // A subject of this test's own: tests share the NATS server.
+        let subject = format!("{SUBJECT_PREFIX}.test{}", a.len());
+        let mut engine_a = start(url, subject.clone(), a.clone()).await.unwrap();
+        let mut engine_b = start(url, subject, b.clone()).await.unwrap();
         reconnected(&mut engine_a.incoming).await;
         reconnected(&mut engine_b.incoming).await;
         (a, engine_a, b, engine_b)

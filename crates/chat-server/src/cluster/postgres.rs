@@ -3,8 +3,9 @@
 //! Two dedicated connections per node, outside the store's pool (a pooled connection cannot
 //! hold a `LISTEN`, and the publisher must never queue behind the store's work):
 //!
-//! - the publisher (`matchchat-notify-<node>`) runs `SELECT pg_notify(...)` for each payload
-//!   in autocommit, i.e. in its own short transaction *after* the batch committed. A `NOTIFY`
+//! - the publisher (`matchchat-notify-<node>`) runs one `SELECT pg_notify(...)` over all of a
+//!   notice's payloads in autocommit, i.e. in its own short transaction *after* the batch
+//!   committed. A `NOTIFY`
 //!   inside the insert transaction would take PostgreSQL's cluster-wide notify lock until that
 //!   commit, which was measured to cap notifying commits at ~600/s.
 //! - the listener (`matchchat-listen-<node>`) runs `LISTEN` and forwards what arrives. It
@@ -127,7 +128,9 @@ impl Publisher {
         let client = connect(config).await?;
         let notify = tokio::time::timeout(
             STATEMENT_TIMEOUT,
-            client.prepare(&format!("SELECT pg_notify('{CHANNEL}', $1)")),
+            client.prepare(&format!(
+                "SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) AS p"
+            )),
         )
         .await
         .map_err(|_| "prepare timed out".to_string())?
@@ -161,30 +164,33 @@ impl PgBus {
         let Some(publisher) = slot.as_ref() else {
             return Err("no publisher connection".into());
         };
-        while let Some(payload) = payloads.get(*sent) {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [payload];
-            let notify = publisher.client.execute(&publisher.notify, &params);
-            let result = match tokio::time::timeout(STATEMENT_TIMEOUT, notify).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("pg_notify took over {STATEMENT_TIMEOUT:?}")),
-            };
-            if let Err(e) = result {
-                *slot = None;
-                return Err(e);
-            }
-            *sent += 1;
+        // Every payload of the notice in one statement, so one transaction: each commit that
+        // NOTIFYs flushes the WAL, so one per payload made the publisher the bottleneck
+        // (3 nodes at 2,000 msg/s: p50 33 ms across nodes, measured).
+        let rest: Vec<&str> = payloads[*sent..].iter().map(String::as_str).collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&rest];
+        let notify = publisher.client.execute(&publisher.notify, &params);
+        let result = match tokio::time::timeout(STATEMENT_TIMEOUT, notify).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("pg_notify took over {STATEMENT_TIMEOUT:?}")),
+        };
+        if let Err(e) = result {
+            *slot = None;
+            return Err(e);
         }
+        *sent = payloads.len();
         Ok(())
     }
 }
 
 #[async_trait]
 impl Bus for PgBus {
-    /// Sends each payload of [`Notice::to_payloads`] in its own autocommit `pg_notify`. A
-    /// failed send reconnects once and goes on from the payload that failed (one that
-    /// reached the database before its reply was lost may then arrive twice: receivers read
-    /// by seq, so a repeat costs a read, not a duplicate); a second failure gives up.
+    /// Sends every payload of [`Notice::to_payloads`] with one autocommit `pg_notify`
+    /// statement (one transaction). A failed send reconnects once and sends the notice again
+    /// (if the first reached the database before its reply was lost, it arrives twice:
+    /// receivers go by seq, so a repeat costs a read, not a duplicate); a second failure
+    /// gives up.
     async fn publish(&self, notice: &Notice) -> Result<(), BusError> {
         let payloads = notice.to_payloads();
         if payloads.is_empty() {

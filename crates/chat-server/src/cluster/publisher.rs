@@ -17,6 +17,12 @@ use super::{Bus, Item, Notice};
 
 /// Events taken into one notice at most.
 const MAX_EVENTS_PER_NOTICE: usize = 4096;
+/// Items kept while the bus is down; beyond, the oldest go (messages among them are found
+/// by the other nodes' sweeps; seen receipts and room events are then lost).
+const MAX_PENDING_ITEMS: usize = 100_000;
+/// Retry back-off for a failed publish.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The running publisher. [`Publisher::finish`] announces what is still waiting and stops.
 pub struct Publisher {
@@ -32,38 +38,67 @@ impl Publisher {
     ) -> Self {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
+            // Items not yet published: a failed publish keeps them and tries again, so a
+            // bus that is down (or not up yet at start) delays seen receipts and room events
+            // instead of losing them.
+            let mut pending: Vec<Item> = Vec::new();
+            let mut backoff = RETRY_FIRST;
+            let mut stopping = false;
             loop {
-                let first = tokio::select! {
-                    event = events.recv() => match event {
-                        Ok(event) => Some(event),
-                        Err(broadcast::error::RecvError::Lagged(lost)) => {
-                            // The other nodes' sweeps find what these notices would have
-                            // announced.
-                            tracing::warn!(lost, "cluster publisher fell behind the event bus");
-                            continue;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    _ = &mut stopped => None,
-                };
-                let last_round = first.is_none();
-                let mut batch: Vec<_> = first.into_iter().collect();
+                if pending.is_empty() && !stopping {
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Ok(event) => pending.extend(items(&[event])),
+                            Err(broadcast::error::RecvError::Lagged(lost)) => {
+                                // The other nodes' sweeps find the messages these notices
+                                // would have announced.
+                                tracing::warn!(lost, "cluster publisher fell behind the event bus");
+                                continue;
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                        _ = &mut stopped => stopping = true,
+                    }
+                }
+                let mut batch = Vec::new();
                 while batch.len() < MAX_EVENTS_PER_NOTICE {
                     match events.try_recv() {
                         Ok(event) => batch.push(event),
                         Err(_) => break,
                     }
                 }
-                if !batch.is_empty() {
-                    let notice = Notice {
-                        node: node.clone(),
-                        items: items(&batch),
-                    };
-                    if let Err(error) = bus.publish(&notice).await {
-                        tracing::warn!(%error, items = notice.items.len(), "notice not published; other nodes' sweeps will find it");
+                pending.extend(items(&batch));
+                if pending.len() > MAX_PENDING_ITEMS {
+                    let dropped = pending.len() - MAX_PENDING_ITEMS;
+                    tracing::warn!(dropped, "cluster bus down too long: oldest notices dropped");
+                    pending.drain(..dropped);
+                }
+                if pending.is_empty() {
+                    if stopping {
+                        return;
+                    }
+                    continue;
+                }
+                let notice = Notice {
+                    node: node.clone(),
+                    items: std::mem::take(&mut pending),
+                };
+                match bus.publish(&notice).await {
+                    Ok(()) => backoff = RETRY_FIRST,
+                    Err(error) => {
+                        tracing::warn!(%error, items = notice.items.len(), "notice not published yet; retrying");
+                        pending = notice.items;
+                        if stopping {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = &mut stopped => stopping = true,
+                        }
+                        backoff = (backoff * 2).min(RETRY_MAX);
                     }
                 }
-                if last_round {
+                if stopping && pending.is_empty() {
                     return;
                 }
             }

@@ -162,6 +162,11 @@ impl Sequencer {
         steps
     }
 
+    /// True when the room is tracked.
+    pub fn tracks(&self, room: &RoomId) -> bool {
+        self.tracks.contains_key(room)
+    }
+
     /// The rooms tracked now (for the sweep).
     pub fn rooms(&self) -> Vec<RoomId> {
         self.tracks.keys().cloned().collect()

@@ -16,6 +16,7 @@
 //! registry like everyone else's, after the commit. Only errors and de-duplicated retries
 //! are answered directly.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ use super::outbox::{Flow, Frame, Outbox, WriteFailed};
 use crate::auth::{AuthError, Verified};
 use crate::error::ServerError;
 use crate::ratelimit::RequestKind;
-use crate::registry::{Kick, RegisterError, Registration};
+use crate::registry::{ConnId, Delivery, Kick, RegisterError, Registration};
 use crate::state::AppState;
 
 /// Requests of one connection being processed at once.
@@ -103,6 +104,8 @@ pub async fn run(
     // The slot is released when both this task and the socket are gone (outbox.rs).
     flow.hold(guard);
     let connection = Connection {
+        id,
+        ready_seqs: HashMap::new(),
         state,
         session,
         user: verified.user,
@@ -214,6 +217,11 @@ fn protocol_failure(error: &ProtocolError) -> Close {
 }
 
 struct Connection {
+    id: ConnId,
+    /// Per room, the `last_seq` this connection's `ready` showed: live messages up to it are
+    /// dropped (it has them), so after `ready` the next message of a room is `last_seq + 1`.
+    /// An entry goes once a later message passed.
+    ready_seqs: HashMap<RoomId, u64>,
     state: Arc<AppState>,
     session: Session,
     user: UserId,
@@ -227,7 +235,7 @@ impl Connection {
     async fn run(
         mut self,
         mut stream: AggregatedMessageStream,
-        mailbox: tokio::sync::mpsc::Receiver<ByteString>,
+        mailbox: tokio::sync::mpsc::Receiver<Delivery>,
         kicked: tokio::sync::oneshot::Receiver<Kick>,
         expires_at: i64,
     ) {
@@ -240,18 +248,18 @@ impl Connection {
             }
         };
         tracing::info!(rooms = rooms.len(), "connection ready");
-        self.state.registry.track(
-            rooms
-                .iter()
-                .filter_map(|r| {
-                    let [a, b] = r.members.as_slice() else {
-                        return None;
-                    };
-                    let members = chat_domain::Members::new(a.clone(), b.clone()).ok()?;
-                    Some((r.room_id.clone(), members, r.last_seq))
-                })
-                .collect(),
-        );
+        let mut tracked = Vec::with_capacity(rooms.len());
+        for room in &rooms {
+            if let [a, b] = room.members.as_slice()
+                && let Ok(members) = chat_domain::Members::new(a.clone(), b.clone())
+            {
+                tracked.push((room.room_id.clone(), members, room.last_seq));
+            }
+            if room.last_seq > 0 {
+                self.ready_seqs.insert(room.room_id.clone(), room.last_seq);
+            }
+        }
+        self.state.registry.track(self.id, tracked).await;
         self.reply(&ServerFrame::Ready {
             user_id: self.user.clone(),
             rooms,
@@ -271,7 +279,7 @@ impl Connection {
     async fn serve(
         &mut self,
         stream: &mut AggregatedMessageStream,
-        mut mailbox: tokio::sync::mpsc::Receiver<ByteString>,
+        mut mailbox: tokio::sync::mpsc::Receiver<Delivery>,
         mut kicked: tokio::sync::oneshot::Receiver<Kick>,
         expires_at: i64,
     ) -> Option<Close> {
@@ -310,7 +318,7 @@ impl Connection {
                     }
                 }
                 frame = mailbox.recv(), if self.outbox.has_room() => match frame {
-                    Some(text) => self.outbox.push_text(text),
+                    Some(delivery) => self.on_delivery(delivery),
                     None => return Some(Close::SlowConsumer),
                 },
                 Some(done) = self.pending.next() => self.on_done(done),
@@ -336,6 +344,20 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// A frame from the registry: written, unless it is a message `ready` already counted.
+    fn on_delivery(&mut self, delivery: Delivery) {
+        if let Some(key) = &delivery.message {
+            let (room, seq) = key.as_ref();
+            if let Some(&ready) = self.ready_seqs.get(room) {
+                if *seq <= ready {
+                    return;
+                }
+                self.ready_seqs.remove(room);
+            }
+        }
+        self.outbox.push_text(delivery.text);
     }
 
     fn error(&mut self, code: ErrorCode, message: impl Into<String>, reference: Option<String>) {

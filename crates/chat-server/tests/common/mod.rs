@@ -337,6 +337,17 @@ pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
+/// What [`Client::next_within`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// A text frame, as JSON.
+    Frame(Value),
+    /// Nothing within the time given (the connection is still open).
+    Timeout,
+    /// The connection ended: a close frame, an error, or the end of the stream.
+    Ended(String),
+}
+
 /// How the server ended a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
@@ -382,6 +393,35 @@ impl Client {
             .send(WsMessage::text(frame.to_string()))
             .await
             .expect("send frame");
+    }
+
+    /// Sends a frame; `false` when the connection is gone (a server that was killed).
+    pub async fn try_send(&mut self, frame: Value) -> bool {
+        self.ws
+            .send(WsMessage::text(frame.to_string()))
+            .await
+            .is_ok()
+    }
+
+    /// The next text frame within `within`, without panicking on a timeout or a closed
+    /// connection. Cancel-safe (usable in `select!`).
+    pub async fn next_within(&mut self, within: Duration) -> Next {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Next::Timeout,
+                Ok(Some(Ok(WsMessage::Text(text)))) => {
+                    return Next::Frame(serde_json::from_str(&text).expect("JSON frame"));
+                }
+                Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
+                Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                    return Next::Ended(format!("closed by the server: {frame:?}"));
+                }
+                Ok(Some(Ok(other))) => return Next::Ended(format!("unexpected frame {other:?}")),
+                Ok(Some(Err(e))) => return Next::Ended(format!("connection failed: {e}")),
+                Ok(None) => return Next::Ended("stream ended".into()),
+            }
+        }
     }
 
     pub async fn send_raw(&mut self, message: WsMessage) {
