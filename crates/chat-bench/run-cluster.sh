@@ -7,7 +7,7 @@
 # Environment:
 #   RUNS=1            runs of each case (the table reports the median)
 #   OUT=DIR           results (default /tmp/chat-bench-cluster): <engine>-<nodes>-<mode>.jsonl
-#   TP_SECS=10  LAT_SECS=20
+#   TP_SECS=10  LAT_SECS=20  LAT_RATE=2000  LAT_ROOMS=500  MODES="latency throughput"
 #   DATABASE_URL      an existing PostgreSQL (may CREATE DATABASE); otherwise a throwaway one
 #   NATS_URL          an existing nats-server; otherwise a throwaway one (scripts/nats-tmp.sh)
 #
@@ -102,14 +102,17 @@ bench() {
 
 for engine in "${ENGINES[@]}"; do
     for nodes in 1 3; do
-        for mode in throughput latency; do
+        # Latency first, each case after a CHECKPOINT: a throughput run leaves the database
+        # flushing hundreds of MB, which showed in the next run's latency tail.
+        for mode in ${MODES:-latency throughput}; do
             results="$OUT/$engine-$nodes-$mode.jsonl"
             : >"$results"
             for i in $(seq "$RUNS"); do
+                psql "$PG_BASE" -qAtc "CHECKPOINT" >/dev/null
                 start_nodes "$engine" "$nodes" "$engine-$nodes-$mode-$i"
                 case $mode in
                     throughput) bench --label "$engine x$nodes" throughput --rooms 500 --window 8 --duration "$TP_SECS" --warmup 2 >>"$results" || true ;;
-                    latency) bench --label "$engine x$nodes" latency --rate 2000 --rooms 500 --duration "$LAT_SECS" --warmup 2 >>"$results" || true ;;
+                    latency) bench --label "$engine x$nodes" latency --rate "${LAT_RATE:-2000}" --rooms "${LAT_ROOMS:-500}" --duration "$LAT_SECS" --warmup 2 >>"$results" || true ;;
                 esac
                 stop_nodes
             done

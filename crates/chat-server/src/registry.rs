@@ -371,6 +371,7 @@ impl Registry {
                 members,
                 first,
                 last,
+                messages,
             } => {
                 let Some(members) = notice_members(&members) else {
                     return;
@@ -380,7 +381,7 @@ impl Registry {
                 }
                 let steps = self
                     .sequencer()
-                    .map(|s| s.announced(room, members, first.get(), last.get()))
+                    .map(|s| s.announced(room, members, (first.get(), last.get()), messages))
                     .unwrap_or_default();
                 self.carry_out(steps);
             }

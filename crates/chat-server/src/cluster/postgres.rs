@@ -381,6 +381,7 @@ mod tests {
                     members: [UserId::new("alice").unwrap(), UserId::new("bob").unwrap()],
                     first: Seq::new(i).unwrap(),
                     last: Seq::new(i + 1).unwrap(),
+                    messages: Vec::new(),
                 })
                 .collect(),
         }

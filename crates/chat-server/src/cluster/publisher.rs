@@ -125,16 +125,25 @@ pub fn items(events: &[Arc<StoreEvent>]) -> Vec<Item> {
             StoreEvent::MessageCommitted { members, message } => {
                 let seq = message.seq;
                 let merged = items.iter_mut().rev().find_map(|item| match item {
-                    Item::Messages { room, last, .. } if *room == message.room_id => Some(last),
+                    Item::Messages {
+                        room,
+                        last,
+                        messages,
+                        ..
+                    } if *room == message.room_id => Some((last, messages)),
                     _ => None,
                 });
                 match merged {
-                    Some(last) if last.next() == seq => *last = seq,
+                    Some((last, messages)) if last.next() == seq => {
+                        *last = seq;
+                        messages.push(message.clone());
+                    }
                     _ => items.push(Item::Messages {
                         room: message.room_id.clone(),
                         members: pair(members),
                         first: seq,
                         last: seq,
+                        messages: vec![message.clone()],
                     }),
                 }
             }

@@ -82,19 +82,26 @@ impl Sequencer {
         self.advance(&room)
     }
 
-    /// Another node committed messages `first..=last` of a room.
+    /// Another node committed messages `first..=last` of a room; `rows` are those of them
+    /// the notice carried (possibly none: then they are read).
     pub fn announced(
         &mut self,
         room: RoomId,
         members: Members,
-        first: u64,
-        last: u64,
+        (first, last): (u64, u64),
+        rows: Vec<Message>,
     ) -> Vec<Step> {
         let track = self
             .tracks
             .entry(room.clone())
             .or_insert_with(|| Track::new(members, first));
         track.known = track.known.max(last);
+        for message in rows {
+            let seq = message.seq.get();
+            if seq >= track.next && message.room_id == room {
+                track.held.entry(seq).or_insert(message);
+            }
+        }
         self.advance(&room)
     }
 
@@ -245,17 +252,17 @@ mod tests {
         let steps = s.fetched(&room(), Some(vec![message(5), message(6)]));
         assert_eq!(delivered(&steps), vec![5, 6]);
         // The late notice of 5 changes nothing.
-        assert!(s.announced(room(), members(), 5, 5).is_empty());
+        assert!(s.announced(room(), members(), (5, 5), vec![]).is_empty());
     }
 
     #[test]
     fn remote_notices_fetch_once_and_a_lost_one_is_found_by_the_sweep() {
         let mut s = Sequencer::default();
         s.snapshot(room(), members(), 0);
-        let steps = s.announced(room(), members(), 1, 3);
+        let steps = s.announced(room(), members(), (1, 3), vec![]);
         assert_eq!(fetch(&steps), Some(0));
         assert!(
-            s.announced(room(), members(), 4, 4).is_empty(),
+            s.announced(room(), members(), (4, 4), vec![]).is_empty(),
             "one fetch at a time"
         );
         let steps = s.fetched(&room(), Some(vec![message(1), message(2), message(3)]));
@@ -277,12 +284,28 @@ mod tests {
     fn a_failed_fetch_is_retried_by_the_sweep() {
         let mut s = Sequencer::default();
         s.snapshot(room(), members(), 0);
-        assert_eq!(fetch(&s.announced(room(), members(), 1, 1)), Some(0));
+        assert_eq!(
+            fetch(&s.announced(room(), members(), (1, 1), vec![])),
+            Some(0)
+        );
         assert!(s.fetched(&room(), None).is_empty());
         assert_eq!(
             fetch(&s.swept(vec![(room(), Seq::new(1).unwrap())])),
             Some(0)
         );
+    }
+
+    #[test]
+    fn carried_rows_are_forwarded_without_a_read() {
+        let mut s = Sequencer::default();
+        s.snapshot(room(), members(), 0);
+        let steps = s.announced(room(), members(), (1, 2), vec![message(1), message(2)]);
+        assert_eq!(delivered(&steps), vec![1, 2]);
+        assert_eq!(fetch(&steps), None, "nothing to read");
+        // Rows that skip one: 3 is missing, so 4 waits and 3.. is read.
+        let steps = s.announced(room(), members(), (4, 4), vec![message(4)]);
+        assert!(delivered(&steps).is_empty());
+        assert_eq!(fetch(&steps), Some(2));
     }
 
     #[test]
