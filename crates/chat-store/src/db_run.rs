@@ -9,7 +9,7 @@
 //! (`UPDATE ... RETURNING`) are beyond `#[auto_type]`. So the statement bodies are written once
 //! and the macro expands them twice:
 //!
-//! ```ignore
+//! ```text
 //! db_run! {
 //!     /// The room with this id.
 //!     fn find_room(conn, id: &str) -> Result<RoomRow, TxError> {
