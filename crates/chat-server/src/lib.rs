@@ -9,6 +9,14 @@
 // own, so the compiler reports what nothing uses.
 pub mod config;
 
+/// What the fuzz targets (`fuzz/`, outside the workspace) drive: user token verification.
+/// Not an API; re-exported here, instead of making `auth` public, so the rest of `auth`
+/// keeps the compiler's unused-item checks.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::auth::{AuthError, MAX_TOKEN_TTL_SECS, TokenKeys, Verified};
+}
+
 mod api;
 mod assets;
 mod auth;

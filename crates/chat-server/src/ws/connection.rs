@@ -220,7 +220,9 @@ struct Connection {
     id: ConnId,
     /// Per room, the `last_seq` this connection's `ready` showed: live messages up to it are
     /// dropped (it has them), so after `ready` the next message of a room is `last_seq + 1`.
-    /// An entry goes once a later message passed.
+    /// An entry goes once a later message passed, and the whole map at the first heartbeat
+    /// (15 s): what `ready` counted was committed before it, so its events come within the
+    /// bus's delay, not minutes later; a user with many quiet rooms keeps no map.
     ready_seqs: HashMap<RoomId, u64>,
     state: Arc<AppState>,
     session: Session,
@@ -340,6 +342,7 @@ impl Connection {
                     if last_heard.elapsed() >= idle_limit {
                         return Some(Close::IdleTimeout);
                     }
+                    self.ready_seqs = HashMap::new();
                     self.outbox.push(Frame::Ping);
                 }
             }
