@@ -12,6 +12,8 @@ pub enum DomainError {
     InvalidRoomId,
     #[error("client_msg_id must be 1 to 64 characters with no control characters")]
     InvalidClientMsgId,
+    #[error("req must be a string of 1 to 64 characters")]
+    InvalidReq,
     #[error("sequence numbers are whole numbers from 1 to 9223372036854775807 (2^63-1)")]
     InvalidSeq,
     #[error("message body is empty or blank")]
@@ -45,6 +47,7 @@ impl DomainError {
             Self::InvalidUserId => "invalid_user_id",
             Self::InvalidRoomId => "invalid_room_id",
             Self::InvalidClientMsgId => "invalid_client_msg_id",
+            Self::InvalidReq => "invalid_req",
             Self::InvalidSeq => "invalid_seq",
             Self::BodyEmpty => "body_empty",
             Self::BodyTooLong => "body_too_long",
@@ -71,6 +74,7 @@ impl DomainError {
             Self::InvalidUserId
             | Self::InvalidRoomId
             | Self::InvalidClientMsgId
+            | Self::InvalidReq
             | Self::InvalidSeq
             | Self::SameMembers
             | Self::ConflictingCursors
@@ -89,6 +93,7 @@ mod tests {
             DomainError::InvalidUserId,
             DomainError::InvalidRoomId,
             DomainError::InvalidClientMsgId,
+            DomainError::InvalidReq,
             DomainError::InvalidSeq,
             DomainError::BodyEmpty,
             DomainError::BodyTooLong,

@@ -88,6 +88,14 @@ string_id!(
     DomainError::InvalidClientMsgId
 );
 
+string_id!(
+    /// A request id a client puts on a frame (`"req"`): 1..=64 characters. Every `error` frame
+    /// caused by that frame, and the `history` reply to it, carry it back.
+    Req,
+    |_| true,
+    DomainError::InvalidReq
+);
+
 /// A message's place in its room: starts at 1, gapless, strictly increasing in commit order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "u64", into = "u64")]

@@ -22,7 +22,7 @@ pub use body::Body;
 pub use clock::{Clock, FixedClock};
 pub use error::DomainError;
 pub use history::HistoryPage;
-pub use ids::{ClientMsgId, RoomId, Seq, UserId};
+pub use ids::{ClientMsgId, Req, RoomId, Seq, UserId};
 pub use limits::{HISTORY_WINDOW, MAX_BODY_CHARS, MAX_ID_CHARS};
 pub use message::{Message, NewMessage};
 pub use room::{Members, Room, RoomSummary};

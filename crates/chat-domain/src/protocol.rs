@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ClientMsgId, RoomId, Seq, UserId};
+use crate::ids::{ClientMsgId, Req, RoomId, Seq, UserId};
 use crate::message::Message;
 use crate::room::RoomSummary;
 use crate::timestamp::Timestamp;
@@ -130,6 +130,45 @@ pub enum ClientFrame {
         room_id: RoomId,
         up_to_seq: Seq,
     },
+}
+
+/// The request id of a client frame (`"req"`), read apart from the frame itself: it belongs
+/// to the envelope, so it works the same for every frame type, and a frame that is malformed
+/// in another way can still be answered with it.
+///
+/// `Ok(None)`: no `req`. `Err`: a `req` that is not a string of 1..=64 characters (the frame
+/// is then `invalid_frame`, answered without `req`).
+pub fn request_id(text: &str) -> Result<Option<Req>, crate::DomainError> {
+    // Most frames carry no `req`: they pay for no second parse.
+    if !text.contains("\"req\"") {
+        return Ok(None);
+    }
+    let Ok(serde_json::Value::Object(mut envelope)) = serde_json::from_str(text) else {
+        // Not a JSON object: the frame itself is refused as `invalid_frame`.
+        return Ok(None);
+    };
+    match envelope.remove("req") {
+        None => Ok(None),
+        Some(serde_json::Value::String(req)) => Req::new(req).map(Some),
+        Some(_) => Err(crate::DomainError::InvalidReq),
+    }
+}
+
+/// A server frame answering a request: the frame, plus the request's `req` when it had one.
+/// Broadcast frames (`message`, `seen`, ...) are never written through this.
+#[derive(Debug, Serialize)]
+pub struct Reply<'a> {
+    #[serde(flatten)]
+    pub frame: &'a ServerFrame,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub req: Option<&'a Req>,
+}
+
+impl Reply<'_> {
+    /// Serialises the reply; like [`ServerFrame::to_json`], a failure becomes `internal`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| self.frame.to_json())
+    }
 }
 
 /// A frame from the server.
@@ -324,6 +363,56 @@ mod tests {
             room_id: RoomId::new("r1").unwrap(),
         };
         assert_eq!(f.to_json(), r#"{"type":"room_closed","room_id":"r1"}"#);
+    }
+
+    #[test]
+    fn request_ids_are_read_from_the_envelope() {
+        let req = |text: &str| request_id(text).map(|r| r.map(String::from));
+        assert_eq!(req(r#"{"type":"history","room_id":"r"}"#), Ok(None));
+        assert_eq!(
+            req(r#"{"type":"history","req":"h-1"}"#),
+            Ok(Some("h-1".into()))
+        );
+        assert_eq!(
+            req(r#"{"type":"nonsense","req":"x"}"#),
+            Ok(Some("x".into()))
+        );
+        for bad in [
+            r#"{"req":""}"#,
+            r#"{"req":7}"#,
+            r#"{"req":null}"#,
+            r#"{"req":["a"]}"#,
+        ] {
+            assert_eq!(req(bad), Err(crate::DomainError::InvalidReq), "{bad}");
+        }
+        let long = format!(r#"{{"req":"{}"}}"#, "x".repeat(65));
+        assert_eq!(req(&long), Err(crate::DomainError::InvalidReq));
+    }
+
+    #[test]
+    fn replies_carry_req_only_when_there_is_one() {
+        let frame = ServerFrame::error(ErrorCode::NotAMember, "no", None);
+        let req = Req::new("r1").unwrap();
+        let with: serde_json::Value = serde_json::from_str(
+            &Reply {
+                frame: &frame,
+                req: Some(&req),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            with,
+            json!({"type":"error","code":"not_a_member","message":"no","ref":null,"req":"r1"})
+        );
+        assert_eq!(
+            Reply {
+                frame: &frame,
+                req: None
+            }
+            .to_json(),
+            frame.to_json()
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, ProtocolError, Session};
 use bytestring::ByteString;
-use chat_domain::protocol::{ClientFrame, Close, ErrorCode, ServerFrame};
-use chat_domain::{Body, ClientMsgId, HistoryPage, Message, NewMessage, RoomId, Seq, UserId};
+use chat_domain::protocol::{ClientFrame, Close, ErrorCode, Reply, ServerFrame, request_id};
+use chat_domain::{Body, ClientMsgId, HistoryPage, Message, NewMessage, Req, RoomId, Seq, UserId};
 use chat_store::Appended;
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
@@ -46,7 +46,13 @@ pub const MAX_HISTORY_IN_FLIGHT: usize = 4;
 /// How long a close frame may wait for the socket once the connection is ending.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-enum Done {
+/// A finished request, with the `req` it came with.
+struct Done {
+    req: Option<Req>,
+    outcome: Outcome,
+}
+
+enum Outcome {
     Sent {
         reference: ClientMsgId,
         result: Result<Appended, ServerError>,
@@ -144,15 +150,16 @@ async fn authenticate(
 ) -> Result<Verified, Close> {
     let deadline = tokio::time::sleep(state.config.auth_timeout());
     tokio::pin!(deadline);
-    let refuse = |outbox: &mut Outbox, message: String, close: Close| {
-        outbox.push_text(ServerFrame::error(ErrorCode::Unauthorized, message, None).to_json());
+    let refuse = |outbox: &mut Outbox, req: Option<&Req>, message: String, close: Close| {
+        let frame = ServerFrame::error(ErrorCode::Unauthorized, message, None);
+        outbox.push_text(Reply { frame: &frame, req }.to_json());
         Err(close)
     };
     loop {
         let message = tokio::select! {
             _ = &mut deadline => {
                 tracing::info!("auth deadline passed");
-                return refuse(outbox, "no auth frame in time".into(), Close::AuthTimeout);
+                return refuse(outbox, None, "no auth frame in time".into(), Close::AuthTimeout);
             }
             // Pongs to a client's pings: the only writes before auth, bounded like any other.
             _ = outbox.window_open(), if outbox.has_frames() => {
@@ -175,12 +182,15 @@ async fn authenticate(
             Some(Ok(AggregatedMessage::Binary(_))) => None,
             Some(Ok(AggregatedMessage::Text(text))) => Some(text),
         };
+        let req = text.as_deref().and_then(|t| request_id(t).ok().flatten());
+        let req = req.as_ref();
         let token = match text.as_deref().map(serde_json::from_str::<ClientFrame>) {
             Some(Ok(ClientFrame::Auth { token })) => token,
             _ => {
                 tracing::info!("first frame was not auth");
                 return refuse(
                     outbox,
+                    req,
                     "the first frame must be auth".into(),
                     Close::Unauthorized,
                 );
@@ -195,7 +205,7 @@ async fn authenticate(
                 } else {
                     Close::Unauthorized
                 };
-                refuse(outbox, error.to_string(), close)
+                refuse(outbox, req, error.to_string(), close)
             }
         };
     }
@@ -245,7 +255,7 @@ impl Connection {
             Ok(rooms) => rooms,
             Err(error) => {
                 let error = ServerError::from(error);
-                self.error(error.wire_code(), error.to_string(), None);
+                self.error(None, error.wire_code(), error.to_string(), None);
                 return finish(self.session, self.outbox, Close::Internal).await;
             }
         };
@@ -262,10 +272,13 @@ impl Connection {
             }
         }
         self.state.registry.track(self.id, tracked).await;
-        self.reply(&ServerFrame::Ready {
-            user_id: self.user.clone(),
-            rooms,
-        });
+        self.reply(
+            None,
+            &ServerFrame::Ready {
+                user_id: self.user.clone(),
+                rooms,
+            },
+        );
         let close = self.serve(&mut stream, mailbox, kicked, expires_at).await;
         tracing::info!(
             code = close.map(Close::code),
@@ -333,7 +346,7 @@ impl Connection {
                         Some(Ok(AggregatedMessage::Ping(bytes))) => self.outbox.push(Frame::Pong(bytes)),
                         Some(Ok(AggregatedMessage::Pong(_))) => {}
                         Some(Ok(AggregatedMessage::Binary(_))) => {
-                            self.error(ErrorCode::InvalidFrame, "binary frames are not supported; send JSON text", None);
+                            self.error(None, ErrorCode::InvalidFrame, "binary frames are not supported; send JSON text", None);
                         }
                         Some(Ok(AggregatedMessage::Text(text))) => self.on_text(&text).await,
                     }
@@ -363,17 +376,31 @@ impl Connection {
         self.outbox.push_text(delivery.text);
     }
 
-    fn error(&mut self, code: ErrorCode, message: impl Into<String>, reference: Option<String>) {
-        self.outbox
-            .push_text(ServerFrame::error(code, message, reference).to_json());
+    /// An `error` frame answering the request `req` came with (if any).
+    fn error(
+        &mut self,
+        req: Option<&Req>,
+        code: ErrorCode,
+        message: impl Into<String>,
+        reference: Option<String>,
+    ) {
+        self.reply(req, &ServerFrame::error(code, message, reference));
     }
 
-    fn reply(&mut self, frame: &ServerFrame) {
-        self.outbox.push_text(frame.to_json());
+    /// A frame answering a request, with its `req`. Broadcast frames go through the registry
+    /// and never carry one.
+    fn reply(&mut self, req: Option<&Req>, frame: &ServerFrame) {
+        self.outbox.push_text(Reply { frame, req }.to_json());
     }
 
     /// Handles one text frame.
     async fn on_text(&mut self, text: &ByteString) {
+        // The `req` first: a malformed one makes the frame `invalid_frame`, answered without.
+        let req = match request_id(text) {
+            Ok(req) => req,
+            Err(rule) => return self.error(None, ErrorCode::InvalidFrame, rule.to_string(), None),
+        };
+        let req = req.as_ref();
         let frame = match serde_json::from_str::<ClientFrame>(text) {
             Ok(frame) => frame,
             Err(error) => {
@@ -385,6 +412,7 @@ impl Connection {
                             .map(str::to_owned)
                     });
                 return self.error(
+                    req,
                     ErrorCode::InvalidFrame,
                     format!("invalid frame: {error}"),
                     reference,
@@ -393,16 +421,16 @@ impl Connection {
         };
         match frame {
             ClientFrame::Auth { .. } => {
-                self.error(ErrorCode::InvalidFrame, "already authenticated", None);
+                self.error(req, ErrorCode::InvalidFrame, "already authenticated", None);
             }
             ClientFrame::Send {
                 room_id,
                 client_msg_id,
                 body,
-            } => self.on_send(room_id, client_msg_id, body).await,
+            } => self.on_send(req, room_id, client_msg_id, body).await,
             ClientFrame::Seen { room_id, up_to_seq } => {
-                if self.within_budget(RequestKind::Seen) {
-                    self.on_seen(room_id, up_to_seq);
+                if self.within_budget(req, RequestKind::Seen) {
+                    self.on_seen(req, room_id, up_to_seq);
                 }
             }
             ClientFrame::History {
@@ -412,23 +440,24 @@ impl Connection {
                 limit,
             } => match HistoryPage::from_cursors(before_seq, after_seq, limit) {
                 Ok(page) => {
-                    if self.within_budget(RequestKind::History) {
-                        self.on_history(room_id, page);
+                    if self.within_budget(req, RequestKind::History) {
+                        self.on_history(req, room_id, page);
                     }
                 }
-                Err(rule) => self.error(ErrorCode::InvalidFrame, rule.to_string(), None),
+                Err(rule) => self.error(req, ErrorCode::InvalidFrame, rule.to_string(), None),
             },
         }
     }
 
     /// Checks the user's budget for a request that is not a send; answers `rate_limited`
     /// when it is spent.
-    fn within_budget(&mut self, kind: RequestKind) -> bool {
+    fn within_budget(&mut self, req: Option<&Req>, kind: RequestKind) -> bool {
         if self.state.requests.check(&(self.user.clone(), kind)) {
             return true;
         }
         tracing::debug!(request = kind.name(), "request rate limited");
         self.error(
+            req,
             ErrorCode::RateLimited,
             format!("too many {} requests; retry shortly", kind.name()),
             None,
@@ -436,15 +465,22 @@ impl Connection {
         false
     }
 
-    async fn on_send(&mut self, room_id: RoomId, client_msg_id: ClientMsgId, body: String) {
+    async fn on_send(
+        &mut self,
+        req: Option<&Req>,
+        room_id: RoomId,
+        client_msg_id: ClientMsgId,
+        body: String,
+    ) {
         let reference = Some(client_msg_id.to_string());
         let body = match Body::new(body) {
             Ok(body) => body,
-            Err(rule) => return self.error(rule.wire_code(), rule.to_string(), reference),
+            Err(rule) => return self.error(req, rule.wire_code(), rule.to_string(), reference),
         };
         if !self.state.limiter.check(&self.user) {
             tracing::debug!(room = %room_id, "send rate limited");
             return self.error(
+                req,
                 ErrorCode::RateLimited,
                 "sending too fast; retry shortly",
                 reference,
@@ -460,24 +496,27 @@ impl Connection {
         // commit in the order they were sent; only the wait for the commit runs concurrently.
         match self.state.writer.enqueue(message).await {
             Ok(receipt) => {
+                let req = req.cloned();
                 self.pending.push(Box::pin(async move {
                     let result = receipt.committed().await.map_err(ServerError::from);
-                    Done::Sent {
-                        reference: client_msg_id,
-                        result,
+                    Done {
+                        req,
+                        outcome: Outcome::Sent {
+                            reference: client_msg_id,
+                            result,
+                        },
                     }
                 }));
             }
             Err(error) => {
                 let error = ServerError::from(error);
-                self.error(error.wire_code(), error.to_string(), reference);
+                self.error(req, error.wire_code(), error.to_string(), reference);
             }
         }
     }
 
-    fn on_seen(&mut self, room_id: RoomId, up_to: Seq) {
-        let state = self.state.clone();
-        let user = self.user.clone();
+    fn on_seen(&mut self, req: Option<&Req>, room_id: RoomId, up_to: Seq) {
+        let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
         self.pending.push(Box::pin(async move {
             let result = state
                 .store
@@ -485,16 +524,18 @@ impl Connection {
                 .await
                 .map(|_| ())
                 .map_err(ServerError::from);
-            Done::Seen {
-                room: room_id,
-                result,
+            Done {
+                req,
+                outcome: Outcome::Seen {
+                    room: room_id,
+                    result,
+                },
             }
         }));
     }
 
-    fn on_history(&mut self, room_id: RoomId, page: HistoryPage) {
-        let state = self.state.clone();
-        let user = self.user.clone();
+    fn on_history(&mut self, req: Option<&Req>, room_id: RoomId, page: HistoryPage) {
+        let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
         self.history_in_flight += 1;
         self.pending.push(Box::pin(async move {
             let result = state
@@ -502,58 +543,69 @@ impl Connection {
                 .history(&room_id, &user, page)
                 .await
                 .map_err(ServerError::from);
-            Done::History {
-                room: room_id,
-                result,
+            Done {
+                req,
+                outcome: Outcome::History {
+                    room: room_id,
+                    result,
+                },
             }
         }));
     }
 
     /// Answers a finished request.
     fn on_done(&mut self, done: Done) {
-        match done {
+        let req = done.req.as_ref();
+        match done.outcome {
             // The committed message reaches this connection through the registry.
-            Done::Sent {
+            Outcome::Sent {
                 result: Ok(Appended::New(_)),
                 ..
             } => {}
             // A retry: the stored message goes to the retrying connection only.
-            Done::Sent {
+            Outcome::Sent {
                 result: Ok(Appended::Duplicate(message)),
                 ..
-            } => self.reply(&ServerFrame::Message {
-                room_id: message.room_id.clone(),
-                message,
-            }),
-            Done::Sent {
+            } => self.reply(
+                None,
+                &ServerFrame::Message {
+                    room_id: message.room_id.clone(),
+                    message,
+                },
+            ),
+            Outcome::Sent {
                 reference,
                 result: Err(error),
             } => {
                 tracing::info!(code = %error.wire_code(), "send refused");
                 self.error(
+                    req,
                     error.wire_code(),
                     error.to_string(),
                     Some(reference.to_string()),
                 );
             }
-            Done::Seen { result: Ok(()), .. } => {}
-            Done::Seen {
+            Outcome::Seen { result: Ok(()), .. } => {}
+            Outcome::Seen {
                 room,
                 result: Err(error),
             } => {
                 tracing::info!(room = %room, code = %error.wire_code(), "seen refused");
-                self.error(error.wire_code(), error.to_string(), None);
+                self.error(req, error.wire_code(), error.to_string(), None);
             }
-            Done::History { room, result } => {
+            Outcome::History { room, result } => {
                 self.history_in_flight -= 1;
                 match result {
-                    Ok(messages) => self.reply(&ServerFrame::History {
-                        room_id: room,
-                        messages,
-                    }),
+                    Ok(messages) => self.reply(
+                        req,
+                        &ServerFrame::History {
+                            room_id: room,
+                            messages,
+                        },
+                    ),
                     Err(error) => {
                         tracing::info!(room = %room, code = %error.wire_code(), "history refused");
-                        self.error(error.wire_code(), error.to_string(), None);
+                        self.error(req, error.wire_code(), error.to_string(), None);
                     }
                 }
             }
