@@ -132,6 +132,18 @@ pub enum ClientFrame {
     },
 }
 
+impl ClientFrame {
+    /// The frame's `type`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Auth { .. } => "auth",
+            Self::History { .. } => "history",
+            Self::Send { .. } => "send",
+            Self::Seen { .. } => "seen",
+        }
+    }
+}
+
 /// The request id of a client frame (`"req"`), read apart from the frame itself: it belongs
 /// to the envelope, so it works the same for every frame type, and a frame that is malformed
 /// in another way can still be answered with it.
@@ -208,6 +220,19 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// The frame's `type`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ready { .. } => "ready",
+            Self::RoomOpened { .. } => "room_opened",
+            Self::RoomClosed { .. } => "room_closed",
+            Self::History { .. } => "history",
+            Self::Message { .. } => "message",
+            Self::Seen { .. } => "seen",
+            Self::Error { .. } => "error",
+        }
+    }
+
     pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Self {
         Self::Error {
             code,

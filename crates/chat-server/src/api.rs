@@ -21,6 +21,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz").route(web::get().to(healthz)))
         .service(resource("/readyz").route(web::get().to(readyz)))
+        .service(resource("/metrics").route(web::get().to(metrics_on_public_port)))
         .service(
             web::scope("/api")
                 .service(resource("/rooms").route(web::post().to(create_room)))
@@ -48,6 +49,7 @@ async fn not_found() -> Result<HttpResponse, ServerError> {
 fn require_service_key(req: &HttpRequest, state: &AppState) -> Result<(), ServerError> {
     let address = req.peer_addr().map(|a| a.ip());
     if address.is_some_and(|a| state.key_failures.blocked(a)) {
+        metrics::counter!(crate::metrics::RATE_LIMITED, "request" => "service_key").increment(1);
         if let Some(address) = address {
             state.key_failures.record(address);
         }
@@ -88,6 +90,28 @@ pub fn parse_user(raw: &str) -> Result<UserId, ServerError> {
         code: ApiErrorCode::InvalidUserId,
         message: format!("{raw:?}: {e}"),
     })
+}
+
+/// `GET /metrics` on the public port: behind the service key, and only when no separate
+/// `CHAT_METRICS_BIND` listener serves it.
+async fn metrics_on_public_port(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ServerError> {
+    if state.config.metrics_bind.is_some() {
+        return Err(ServerError::NotFound);
+    }
+    require_service_key(&req, &state)?;
+    metrics_text(&state)
+}
+
+/// The Prometheus text format, with the pool's state read now.
+pub fn metrics_text(state: &AppState) -> Result<HttpResponse, ServerError> {
+    let handle = state.metrics.as_ref().ok_or(ServerError::NotFound)?;
+    crate::metrics::record_pool(state.store.pool_status());
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(handle.render()))
 }
 
 async fn healthz() -> HttpResponse {

@@ -169,10 +169,32 @@ pub struct Config {
     )]
     pub auth_timeout_secs: u64,
 
+    /// Address of a separate listener for `GET /metrics` (Prometheus), open without a key:
+    /// bind it where only the monitoring network reaches. Unset: `/metrics` is served on the
+    /// public port and needs the service key.
+    #[arg(long = "metrics-bind", env = "CHAT_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
+
+    /// Log format: `plain` (no colour escapes unless stderr is a terminal) or `json` (one
+    /// object per line, for log shippers).
+    #[arg(
+        long = "log-format",
+        env = "CHAT_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: LogFormat,
+
     /// Demo mode: creates users alice and bob and their room, and lets the page log in as
     /// either without a host app. Never use in production.
     #[arg(long, env = "CHAT_DEMO")]
     pub demo: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
 }
 
 /// Why the server will not start.

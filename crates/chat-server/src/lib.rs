@@ -24,6 +24,7 @@ mod clock;
 mod cluster;
 mod demo;
 mod error;
+mod metrics;
 mod origin;
 mod ratelimit;
 mod registry;
@@ -122,6 +123,18 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     if engine.is_some() {
         tracing::info!(bus = ?config.bus, node, "cluster node");
     }
+    // One recorder per process; a second install (in-process tests) leaves /metrics off.
+    let metrics = match metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!(%error, "metrics recorder not installed; /metrics is off");
+            None
+        }
+    };
+    let upkeep = {
+        let _enter = core.enter();
+        metrics.clone().map(metrics::spawn_upkeep)
+    };
     let (services, handles) = Services::start(
         &core,
         &config,
@@ -149,6 +162,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         store,
         clock,
         demo_users,
+        metrics,
         config: config.clone(),
     });
 
@@ -182,6 +196,10 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     let _ = std::io::stdout().flush();
     let server = server.run();
     let handle = server.handle();
+    let metrics_server = match &config.metrics_bind {
+        Some(addr) => Some(metrics_listener(state.clone(), addr)?),
+        None => None,
+    };
 
     // Shutdown, in the order `services.rs` documents.
     actix_web::rt::spawn(async move {
@@ -191,11 +209,45 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         handle.stop(true).await;
     });
     server.await?;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.stop(false).await;
+    }
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
     // The HTTP side is gone; dropping the state drops the last writer handles.
     drop(state);
     services.finish().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listener of its own for `GET /metrics` (`CHAT_METRICS_BIND`), one worker, no key.
+fn metrics_listener(
+    state: web::Data<AppState>,
+    addr: &str,
+) -> Result<actix_web::dev::ServerHandle, StartError> {
+    let server = HttpServer::new(move || {
+        App::new().app_data(state.clone()).route(
+            "/metrics",
+            web::get().to(|state: web::Data<AppState>| async move { api::metrics_text(&state) }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(addr)
+    .map_err(|source| StartError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    for addr in server.addrs() {
+        tracing::info!(%addr, "metrics listening");
+        println!("chat-server metrics on http://{addr}/metrics");
+    }
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Ok(handle)
 }
 
 async fn wait_for_signal() {

@@ -134,6 +134,8 @@ pub struct RegistryHandle {
 pub struct RegistryConfig {
     pub max_connections_per_user: usize,
     pub mailbox_capacity: usize,
+    /// For the commit-to-mailbox delay.
+    pub clock: Arc<dyn chat_domain::Clock>,
 }
 
 /// What a registry of a cluster node needs beyond the local event bus.
@@ -306,11 +308,13 @@ impl Registry {
                 },
                 Some(notice) = recv_incoming(&mut incoming), if clustered => match notice {
                     Incoming::Notice(notice) => {
+                        metrics::counter!(crate::metrics::BUS_NOTICES_RECEIVED).increment(1);
                         for item in notice.items {
                             self.remote(item);
                         }
                     }
                     Incoming::Reconnected => {
+                        metrics::counter!(crate::metrics::BUS_RECONNECTS).increment(1);
                         tracing::info!("cluster bus reconnected; sweeping for messages announced meanwhile");
                         self.start_sweep();
                     }
@@ -379,6 +383,10 @@ impl Registry {
                 if !self.sequences(&room, &members) {
                     return;
                 }
+                if let Some(first) = messages.first() {
+                    let lag = crate::metrics::seconds_since(first.sent_at, self.config.clock.now());
+                    metrics::histogram!(crate::metrics::BUS_LAG_SECONDS).record(lag);
+                }
                 let steps = self
                     .sequencer()
                     .map(|s| s.announced(room, members, (first.get(), last.get()), messages))
@@ -428,6 +436,7 @@ impl Registry {
             }
             Item::Ephemeral { users, frame } => self.deliver_text(
                 &users,
+                "ephemeral",
                 Delivery {
                     text: ByteString::from(frame),
                     message: None,
@@ -575,7 +584,8 @@ impl Registry {
     }
 
     fn publish_count(&self) {
-        let n = self.users.values().map(Vec::len).sum();
+        let n: usize = self.users.values().map(Vec::len).sum();
+        metrics::gauge!(crate::metrics::CONNECTIONS).set(n as f64);
         self.count.send_replace(n);
     }
 
@@ -646,12 +656,16 @@ impl Registry {
         if users.iter().any(|u| self.users.contains_key(u)) {
             let message = match frame {
                 ServerFrame::Message { message, .. } => {
+                    let delay =
+                        crate::metrics::seconds_since(message.sent_at, self.config.clock.now());
+                    metrics::histogram!(crate::metrics::COMMIT_TO_MAILBOX_SECONDS).record(delay);
                     Some(Arc::new((message.room_id.clone(), message.seq.get())))
                 }
                 _ => None,
             };
             self.deliver_text(
                 users,
+                frame.kind(),
                 Delivery {
                     text: ByteString::from(frame.to_json()),
                     message,
@@ -661,16 +675,19 @@ impl Registry {
     }
 
     /// Sends a serialised frame to every live connection of `users`.
-    fn deliver_text(&mut self, users: &[UserId], delivery: Delivery) {
+    fn deliver_text(&mut self, users: &[UserId], kind: &'static str, delivery: Delivery) {
+        let mut delivered = 0u64;
         for user in users {
             let Some(conns) = self.users.get_mut(user) else {
                 continue;
             };
             for conn in conns.iter_mut().filter(|c| !c.kicked()) {
                 match conn.mailbox.try_send(delivery.clone()) {
-                    Ok(()) => {}
+                    Ok(()) => delivered += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         tracing::warn!(user = %user, conn = conn.id, "mailbox full; closing slow connection");
+                        metrics::counter!(crate::metrics::SLOW_CONSUMER_CLOSES, "cause" => "mailbox")
+                            .increment(1);
                         conn.kick(Kick::SlowConsumer);
                     }
                     // The task has ended; the entry goes when its socket does.
@@ -678,6 +695,7 @@ impl Registry {
                 }
             }
         }
+        metrics::counter!(crate::metrics::FRAMES_OUT, "type" => kind).increment(delivered);
     }
 }
 
@@ -719,6 +737,9 @@ mod tests {
             RegistryConfig {
                 max_connections_per_user: max,
                 mailbox_capacity: mailbox,
+                clock: Arc::new(chat_domain::FixedClock(
+                    Timestamp::from_unix_micros(0).unwrap(),
+                )),
             },
             bus.subscribe(),
             None,

@@ -86,6 +86,7 @@ impl Services {
             RegistryConfig {
                 max_connections_per_user: config.max_connections_per_user,
                 mailbox_capacity: MAILBOX_CAPACITY,
+                clock: clock.clone(),
             },
             store.events().subscribe(),
             cluster_inputs,

@@ -115,8 +115,17 @@ async fn run(
         let (messages, replies): (Vec<_>, Vec<_>) =
             jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
         let count = messages.len();
-        match store.append_batch(messages, clock.now()).await {
+        metrics::histogram!(crate::metrics::BATCH_SIZE).record(count as f64);
+        let started = std::time::Instant::now();
+        let outcome = store.append_batch(messages, clock.now()).await;
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(results) if results.len() == count => {
+                let new = results
+                    .iter()
+                    .filter(|r| matches!(r, Ok(Appended::New(_))))
+                    .count();
+                metrics::counter!(crate::metrics::MESSAGES_COMMITTED).increment(new as u64);
                 for (reply, result) in replies.into_iter().zip(results) {
                     // The sender may have gone away; the message is stored all the same.
                     let _ = reply.send(result);

@@ -99,11 +99,6 @@ impl PgStore {
             }),
         })
     }
-
-    /// The pool's current size and idle connections, for metrics.
-    pub fn pool_status(&self) -> deadpool::Status {
-        self.inner.pool.status()
-    }
 }
 
 fn build_pool(url: &str, config: &StoreConfig) -> Result<PgPool, StoreError> {
@@ -238,6 +233,10 @@ impl Inner {
 impl StoreCalls for Inner {
     fn events(&self) -> &EventBus {
         &self.events
+    }
+
+    fn pool_status(&self) -> crate::repository::PoolStatus {
+        self.pool.status().into()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -13,6 +13,30 @@ use chat_domain::{
 use crate::error::StoreError;
 use crate::events::EventBus;
 
+/// A store's connection pool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStatus {
+    /// Connections the pool may open.
+    pub max_size: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Open connections not in use.
+    pub available: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+impl From<deadpool::Status> for PoolStatus {
+    fn from(status: deadpool::Status) -> Self {
+        Self {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        }
+    }
+}
+
 /// The result of storing a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
@@ -49,6 +73,9 @@ pub struct RoomOpened {
 pub trait Repository: Send + Sync + 'static {
     /// The bus this store publishes committed events on.
     fn events(&self) -> &EventBus;
+
+    /// The connection pool now, for metrics.
+    fn pool_status(&self) -> PoolStatus;
 
     /// Checks the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -355,6 +355,10 @@ impl StoreCalls for Inner {
         &self.events
     }
 
+    fn pool_status(&self) -> crate::repository::PoolStatus {
+        self.pool.status().into()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| {
             diesel::sql_query("SELECT 1").execute(c)?;

@@ -22,6 +22,7 @@ use crate::repository::{Appended, RoomOpened};
 #[async_trait]
 pub(crate) trait StoreCalls: Send + Sync + 'static {
     fn events(&self) -> &EventBus;
+    fn pool_status(&self) -> crate::repository::PoolStatus;
     async fn ping(&self) -> Result<(), StoreError>;
     async fn open_room(&self, members: Members, now: Timestamp) -> Result<RoomOpened, StoreError>;
     async fn append_batch(
@@ -45,6 +46,10 @@ macro_rules! repository_via_calls {
         impl $crate::repository::Repository for $store {
             fn events(&self) -> &$crate::events::EventBus {
                 $crate::store_calls::StoreCalls::events(&*self.inner)
+            }
+
+            fn pool_status(&self) -> $crate::repository::PoolStatus {
+                $crate::store_calls::StoreCalls::pool_status(&*self.inner)
             }
 
             async fn ping(&self) -> Result<(), $crate::error::StoreError> {

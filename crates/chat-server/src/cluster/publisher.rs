@@ -87,6 +87,7 @@ impl Publisher {
                     Ok(()) => backoff = RETRY_FIRST,
                     Err(error) => {
                         tracing::warn!(%error, items = notice.items.len(), "notice not published yet; retrying");
+                        metrics::counter!(crate::metrics::BUS_PUBLISH_FAILURES).increment(1);
                         pending = notice.items;
                         if stopping {
                             return;

@@ -322,6 +322,8 @@ impl Connection {
                 _ = tokio::time::sleep_until(stall.unwrap_or_else(Instant::now)), if stall.is_some() => {
                     if self.outbox.stalled() {
                         tracing::info!("peer took nothing for the write timeout; closing");
+                        metrics::counter!(crate::metrics::SLOW_CONSUMER_CLOSES, "cause" => "write")
+                            .increment(1);
                         return Some(Close::SlowConsumer);
                     }
                 }
@@ -390,6 +392,7 @@ impl Connection {
     /// A frame answering a request, with its `req`. Broadcast frames go through the registry
     /// and never carry one.
     fn reply(&mut self, req: Option<&Req>, frame: &ServerFrame) {
+        metrics::counter!(crate::metrics::FRAMES_OUT, "type" => frame.kind()).increment(1);
         self.outbox.push_text(Reply { frame, req }.to_json());
     }
 
@@ -402,8 +405,12 @@ impl Connection {
         };
         let req = req.as_ref();
         let frame = match serde_json::from_str::<ClientFrame>(text) {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                metrics::counter!(crate::metrics::FRAMES_IN, "type" => frame.kind()).increment(1);
+                frame
+            }
             Err(error) => {
+                metrics::counter!(crate::metrics::FRAMES_IN, "type" => "invalid").increment(1);
                 let reference = serde_json::from_str::<serde_json::Value>(text)
                     .ok()
                     .and_then(|v| {
@@ -456,6 +463,7 @@ impl Connection {
             return true;
         }
         tracing::debug!(request = kind.name(), "request rate limited");
+        metrics::counter!(crate::metrics::RATE_LIMITED, "request" => kind.name()).increment(1);
         self.error(
             req,
             ErrorCode::RateLimited,
@@ -479,6 +487,7 @@ impl Connection {
         };
         if !self.state.limiter.check(&self.user) {
             tracing::debug!(room = %room_id, "send rate limited");
+            metrics::counter!(crate::metrics::RATE_LIMITED, "request" => "send").increment(1);
             return self.error(
                 req,
                 ErrorCode::RateLimited,

@@ -85,6 +85,8 @@ pub struct Server {
     pub db_url: String,
     /// Every line the server wrote to stderr (its logs), as they come.
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The URL of the separate metrics listener, once printed (`CHAT_METRICS_BIND`).
+    metrics: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
     env: Vec<(String, String)>,
 }
 
@@ -131,12 +133,16 @@ impl Server {
             }
         });
         let (tx, rx) = std::sync::mpsc::channel();
+        let (metrics_tx, metrics_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if !sent && let Some(addr) = line.strip_prefix("chat-server listening on http://") {
                     let _ = tx.send(addr.trim().to_owned());
                     sent = true;
+                }
+                if let Some(url) = line.strip_prefix("chat-server metrics on ") {
+                    let _ = metrics_tx.send(url.trim().to_owned());
                 }
             }
         });
@@ -152,8 +158,36 @@ impl Server {
             addr,
             db_url: db_url.to_owned(),
             logs,
+            metrics: std::sync::Mutex::new(metrics_rx),
             env,
         }
+    }
+
+    /// The separate metrics listener's URL (waits, bounded, for the line that names it).
+    pub fn metrics_url(&self) -> String {
+        self.metrics
+            .lock()
+            .unwrap()
+            .recv_timeout(WAIT)
+            .expect("the server printed its metrics address")
+    }
+
+    /// Waits (bounded by [`WAIT`]) until a log line contains `text`: the server writes its
+    /// logs from another thread, which the harness reads from a pipe.
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        while self.log_lines_with(text) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {text:?} in {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every log line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
     }
 
     /// How many log lines so far contain `text`.
@@ -280,7 +314,7 @@ impl Drop for Server {
 
 /// The service API over real HTTP.
 pub struct Http {
-    base: String,
+    pub base: String,
 }
 
 impl Http {
@@ -329,6 +363,20 @@ impl Http {
 
     pub fn get(&self, path: &str) -> (u16, Value) {
         Self::finish(Self::agent().get(format!("{}{path}", self.base)).call())
+    }
+
+    /// A GET with the service key, answering the raw body text.
+    pub fn get_text(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        let mut req = Self::agent().get(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.header("Authorization", format!("Bearer {key}"));
+        }
+        let mut response = req.call().expect("HTTP request completes");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
     }
 }
 
