@@ -37,6 +37,7 @@ export const API_ERROR_CODES = Object.freeze({
   METHOD_NOT_ALLOWED: "method_not_allowed",
   PAYLOAD_TOO_LARGE: "payload_too_large",
   ORIGIN_NOT_ALLOWED: "origin_not_allowed",
+  INVALID_QUERY: "invalid_query",
   NOT_A_DEMO_USER: "not_a_demo_user",
   UNAVAILABLE: "unavailable",
   INTERNAL: "internal",

@@ -282,6 +282,7 @@ wire_enum! {
         MethodNotAllowed = "method_not_allowed",
         PayloadTooLarge = "payload_too_large",
         OriginNotAllowed = "origin_not_allowed",
+        InvalidQuery = "invalid_query",
         NotADemoUser = "not_a_demo_user",
         Unavailable = "unavailable",
         Internal = "internal",
@@ -318,6 +319,27 @@ pub mod api {
     pub struct TokenIssued {
         pub token: String,
         pub expires_at: Timestamp,
+    }
+
+    /// Reply of `GET /api/rooms/{room_id}/messages` (moderation): a page of the room's
+    /// messages, oldest first, whoever asks and whether the room is open or closed.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RoomMessages {
+        pub room_id: RoomId,
+        pub members: Vec<UserId>,
+        pub closed: bool,
+        pub messages: Vec<Message>,
+    }
+
+    /// One room in a user's export (`GET /api/users/{user_id}/export`): the room, its
+    /// members and times, and every message in it, sent or received, oldest first.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ExportedRoom {
+        pub room_id: RoomId,
+        pub members: Vec<UserId>,
+        pub created_at: Timestamp,
+        pub closed_at: Option<Timestamp>,
+        pub messages: Vec<Message>,
     }
 
     /// `{"error":{"code":"...","message":"..."}}`

@@ -27,6 +27,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/rooms").route(web::post().to(create_room)))
                 .service(resource("/rooms/{room_id}").route(web::delete().to(close_room)))
                 .service(resource("/tokens").route(web::post().to(issue_token)))
+                .service(
+                    resource("/rooms/{room_id}/messages")
+                        .route(web::get().to(crate::moderation::room_messages)),
+                )
+                .service(
+                    resource("/users/{user_id}/export")
+                        .route(web::get().to(crate::privacy::export)),
+                )
                 .default_service(web::to(not_found)),
         );
 }
@@ -46,7 +54,7 @@ async fn not_found() -> Result<HttpResponse, ServerError> {
 
 /// Checks the service key. An address that has failed too often is refused without its key
 /// being looked at (see `ratelimit::KeyFailures`).
-fn require_service_key(req: &HttpRequest, state: &AppState) -> Result<(), ServerError> {
+pub fn require_service_key(req: &HttpRequest, state: &AppState) -> Result<(), ServerError> {
     let address = req.peer_addr().map(|a| a.ip());
     if address.is_some_and(|a| state.key_failures.blocked(a)) {
         metrics::counter!(crate::metrics::RATE_LIMITED, "request" => "service_key").increment(1);
