@@ -21,6 +21,15 @@ pub const MESSAGES_COMMITTED: &str = "matchchat_messages_committed_total";
 pub const BATCH_SIZE: &str = "matchchat_batch_size";
 /// One group commit's duration (histogram).
 pub const COMMIT_SECONDS: &str = "matchchat_commit_seconds";
+/// Per hop of a message, the time spent (histograms), in path order: a send waiting in its
+/// writer's queue for a batch; the group commit ([`COMMIT_SECONDS`]); from the batch's start
+/// (`sent_at`) to the frame in the mailboxes ([`COMMIT_TO_MAILBOX_SECONDS`]); a frame waiting
+/// in a connection's mailbox; a frame waiting in its outbox for the socket. Together they
+/// are the server's part of a message's latency (`docs/benchmarks.md`, "Where the time
+/// goes, per hop").
+pub const WRITER_QUEUE_SECONDS: &str = "matchchat_writer_queue_seconds";
+pub const MAILBOX_WAIT_SECONDS: &str = "matchchat_mailbox_wait_seconds";
+pub const OUTBOX_WAIT_SECONDS: &str = "matchchat_outbox_wait_seconds";
 /// From a message's `sent_at` (the batch's start) to its frame in the mailboxes (histogram).
 pub const COMMIT_TO_MAILBOX_SECONDS: &str = "matchchat_commit_to_mailbox_seconds";
 /// Connections closed as `slow_consumer`, by `cause` (`mailbox` full or `write` stalled).

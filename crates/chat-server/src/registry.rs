@@ -71,6 +71,8 @@ pub enum RegisterError {
 pub struct Delivery {
     pub text: ByteString,
     pub message: Option<Arc<(RoomId, u64)>>,
+    /// When it was put in the mailboxes (`None` in tests).
+    pub at: Option<std::time::Instant>,
 }
 
 /// What a connection gets when it registers.
@@ -440,6 +442,7 @@ impl Registry {
                 Delivery {
                     text: ByteString::from(frame),
                     message: None,
+                    at: Some(std::time::Instant::now()),
                 },
             ),
         }
@@ -669,6 +672,7 @@ impl Registry {
                 Delivery {
                     text: ByteString::from(frame.to_json()),
                     message,
+                    at: Some(std::time::Instant::now()),
                 },
             );
         }

@@ -24,6 +24,8 @@ use tracing::Instrument;
 struct Job {
     message: NewMessage,
     reply: oneshot::Sender<Result<Appended, StoreError>>,
+    /// When the connection queued it: the writer measures the wait for a batch.
+    queued_at: std::time::Instant,
 }
 
 /// A cloneable handle to the writers. Dropping every handle lets the writers finish the
@@ -78,7 +80,11 @@ impl WriterHandle {
         let queue = &self.queues[partition(&message, self.queues.len())];
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Job { message, reply })
+            .send(Job {
+                message,
+                reply,
+                queued_at: std::time::Instant::now(),
+            })
             .await
             .map_err(|_| WriteError::Stopped)?;
         Ok(Receipt(answer))
@@ -112,6 +118,11 @@ async fn run(
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     while queue.recv_many(&mut jobs, max_batch).await > 0 {
+        let started = std::time::Instant::now();
+        for job in &jobs {
+            metrics::histogram!(crate::metrics::WRITER_QUEUE_SECONDS)
+                .record(started.duration_since(job.queued_at).as_secs_f64());
+        }
         let (messages, replies): (Vec<_>, Vec<_>) =
             jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
         let count = messages.len();

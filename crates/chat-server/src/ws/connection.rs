@@ -366,6 +366,10 @@ impl Connection {
 
     /// A frame from the registry: written, unless it is a message `ready` already counted.
     fn on_delivery(&mut self, delivery: Delivery) {
+        if let Some(at) = delivery.at {
+            metrics::histogram!(crate::metrics::MAILBOX_WAIT_SECONDS)
+                .record(at.elapsed().as_secs_f64());
+        }
         if let Some(key) = &delivery.message {
             let (room, seq) = key.as_ref();
             if let Some(&ready) = self.ready_seqs.get(room) {

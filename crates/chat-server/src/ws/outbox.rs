@@ -153,7 +153,8 @@ pub enum WriteFailed {
 
 /// A connection's frames waiting for the socket.
 pub struct Outbox {
-    frames: VecDeque<Frame>,
+    /// Frames, each with the time it was queued (for the outbox-wait histogram).
+    frames: VecDeque<(Frame, Instant)>,
     /// Payload bytes in `frames`.
     queued: usize,
     /// Wire bytes handed to the session so far.
@@ -184,7 +185,7 @@ impl Outbox {
             self.last_progress = Instant::now();
         }
         self.queued += frame.payload_len();
-        self.frames.push_back(frame);
+        self.frames.push_back((frame, Instant::now()));
     }
 
     pub fn push_text(&mut self, text: impl Into<ByteString>) {
@@ -243,9 +244,11 @@ impl Outbox {
     /// own channel may still be full (32 small frames): that wait is bounded by the write
     /// timeout too.
     pub async fn write_next(&mut self, session: &mut Session) -> Result<(), WriteFailed> {
-        let Some(frame) = self.frames.pop_front() else {
+        let Some((frame, queued_at)) = self.frames.pop_front() else {
             return Ok(());
         };
+        metrics::histogram!(crate::metrics::OUTBOX_WAIT_SECONDS)
+            .record(queued_at.elapsed().as_secs_f64());
         self.queued -= frame.payload_len();
         self.handed += frame.wire_len();
         let write = async {
