@@ -151,8 +151,10 @@ impl ClientFrame {
 /// `Ok(None)`: no `req`. `Err`: a `req` that is not a string of 1..=64 characters (the frame
 /// is then `invalid_frame`, answered without `req`).
 pub fn request_id(text: &str) -> Result<Option<Req>, crate::DomainError> {
-    // Most frames carry no `req`: they pay for no second parse.
-    if !text.contains("\"req\"") {
+    // Most frames carry no `req`: they pay for no second parse. A key may also spell `req`
+    // with `\u` escapes (`"r\u0065q"`, no other escape writes a letter), so a frame with one
+    // is parsed too.
+    if !text.contains("\"req\"") && !text.contains("\\u") {
         return Ok(None);
     }
     let Ok(serde_json::Value::Object(mut envelope)) = serde_json::from_str(text) else {
@@ -434,6 +436,19 @@ mod tests {
         }
         let long = format!(r#"{{"req":"{}"}}"#, "x".repeat(65));
         assert_eq!(req(&long), Err(crate::DomainError::InvalidReq));
+    }
+
+    #[test]
+    fn request_ids_are_read_however_the_key_is_spelled() {
+        // Caught by the `client_frame` fuzz target's `req` check (fuzz/): an escaped key
+        // skipped the rule.
+        let req = |text: &str| request_id(text).map(|r| r.map(String::from));
+        assert_eq!(
+            req(r#"{"type":"history","room_id":"R","r\u0065q":7}"#),
+            Err(crate::DomainError::InvalidReq)
+        );
+        assert_eq!(req(r#"{"\u0072eq":"h-2"}"#), Ok(Some("h-2".into())));
+        assert_eq!(req(r#"{"body":"\u00e9"}"#), Ok(None));
     }
 
     #[test]
