@@ -82,6 +82,11 @@ impl RoomCheck {
         }
     }
 
+    /// Whether the message `key` was seen (at any seq).
+    pub fn contains(&self, key: Key) -> bool {
+        self.seen.contains(&key)
+    }
+
     #[cfg(test)]
     pub fn distinct(&self) -> usize {
         self.seen.len()

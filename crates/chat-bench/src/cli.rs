@@ -170,6 +170,12 @@ pub enum Mode {
     /// Seeds rooms with messages, then fetches the latest page of rooms on an open-loop
     /// schedule while other messages are being sent; reports history fetch latency.
     History(HistoryArgs),
+    /// A long mixed workload for a set time: steady sends over many rooms, history reads,
+    /// seen marks, clients reconnecting (catching up and re-sending what was never
+    /// acknowledged), slow readers and abrupt disconnects. Prints one line per interval
+    /// (server RSS, latency, sent/delivered, errors, reconnects, progress) and fails on any
+    /// loss or duplicate, a stalled interval, or server memory growth.
+    Soak(SoakArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -242,6 +248,61 @@ pub struct HistoryArgs {
     /// Seconds of reading on the same schedule before measuring.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// How long to run: seconds (`1800`) or with a unit (`90s`, `30m`, `1h`).
+    #[arg(long, default_value = "30m")]
+    pub duration: String,
+    /// Rooms (each with two members, each member one client).
+    #[arg(long, default_value_t = 200)]
+    pub rooms: usize,
+    /// New messages per second, in total, spread evenly over every member.
+    #[arg(long, default_value_t = 300.0)]
+    pub rate: f64,
+    /// Latest-page history reads per second, in total.
+    #[arg(long, default_value_t = 10.0)]
+    pub history_rate: f64,
+    /// Each member marks what it received as seen every this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seen_secs: f64,
+    /// Fraction of the (normal) clients that reconnect, with a close frame, per
+    /// --churn-secs; each then catches up and re-sends what was never acknowledged.
+    #[arg(long, default_value_t = 0.1)]
+    pub churn: f64,
+    /// The period of --churn.
+    #[arg(long, default_value_t = 60.0)]
+    pub churn_secs: f64,
+    /// Clients that read slowly: they stop reading for --slow-pause seconds, read for as
+    /// long, and so on.
+    #[arg(long, default_value_t = 4)]
+    pub slow: usize,
+    /// A slow client's pause in seconds (keep it under the server's write timeout, 10 s by
+    /// default, or the server rightly drops it).
+    #[arg(long, default_value_t = 5.0)]
+    pub slow_pause: f64,
+    /// Clients that drop the TCP connection without a close frame now and then, and come
+    /// back.
+    #[arg(long, default_value_t = 4)]
+    pub abrupt: usize,
+    /// Mean seconds between an abrupt client's drops.
+    #[arg(long, default_value_t = 30.0)]
+    pub abrupt_secs: f64,
+    /// A message not acknowledged after this many seconds is sent again (same
+    /// client_msg_id).
+    #[arg(long, default_value_t = 5.0)]
+    pub resend_secs: f64,
+    /// Seconds per progress line (and per stall check).
+    #[arg(long, default_value_t = 60.0)]
+    pub interval: f64,
+    /// The memory baseline is the server's RSS at the end of the first interval ending at or
+    /// after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub baseline_secs: f64,
+    /// Allowed growth of the server's RSS from the baseline to the end, in percent.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_rss_growth: f64,
 }
 
 #[cfg(test)]

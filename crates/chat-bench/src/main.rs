@@ -2,11 +2,12 @@
 //! WebSockets against any running server.
 //!
 //! It provisions rooms and user tokens through the service API, connects both members of
-//! every room, and runs one of four modes (`throughput`, `latency`, `connections`,
-//! `history`). Every mode prints a progress line to stderr about once a second, a table to
-//! stderr at the end, and exactly one JSON line on stdout. The exit code is 0 when nothing was
-//! lost, duplicated or out of order and no request failed, 1 when the run found such a
-//! problem, and 2 when the run could not be carried out (bad flags, server unreachable).
+//! every room, and runs one of five modes (`throughput`, `latency`, `connections`,
+//! `history`, `soak`). Every mode prints a progress line to stderr about once a second
+//! (`soak`: once per `--interval`), a table to stderr at the end, and exactly one JSON line
+//! on stdout. The exit code is 0 when nothing was lost, duplicated or out of order and no
+//! request failed (`soak`: when its verdict passed), 1 when the run found such a problem,
+//! and 2 when the run could not be carried out (bad flags, server unreachable).
 //!
 //! See `docs/benchmarks.md` for how to run it and what the budget is.
 
@@ -19,6 +20,7 @@ mod nodes;
 mod procstat;
 mod provision;
 mod report;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -80,6 +82,7 @@ fn run(cli: Cli) -> Result<report::Report, String> {
         Mode::Latency(args) => modes::latency::run(&runtime, &ctx, &args)?,
         Mode::Connections(args) => modes::connections::run(&runtime, &ctx, &args)?,
         Mode::History(args) => modes::history::run(&runtime, &ctx, &args)?,
+        Mode::Soak(args) => modes::soak::run(&runtime, &ctx, &args)?,
     };
     report.set(
         "label",

@@ -327,6 +327,79 @@ fn history_pages_are_whole_and_in_order() {
 }
 
 #[test]
+fn soak_reconnects_catches_up_and_judges_the_run() {
+    // ~10 s: intervals of 2 s so stalls and memory are judged (the memory limit is wide:
+    // 10 s of a fresh server is not a steady state), and enough churn, abrupt drops and slow
+    // reading that every path runs at least once.
+    let server = Server::start(&[]);
+    let v = server.bench_ok(&[
+        "soak",
+        "--duration",
+        "10s",
+        "--rooms",
+        "6",
+        "--rate",
+        "60",
+        "--history-rate",
+        "4",
+        "--seen-secs",
+        "1",
+        "--churn",
+        "1",
+        "--churn-secs",
+        "3",
+        "--slow",
+        "1",
+        "--slow-pause",
+        "1",
+        "--abrupt",
+        "2",
+        "--abrupt-secs",
+        "2",
+        "--interval",
+        "2",
+        "--baseline-secs",
+        "4",
+        "--max-rss-growth",
+        "200",
+    ]);
+    assert_eq!(v["mode"], "soak", "{v}");
+    assert_eq!(v["ok"], Value::Bool(true), "{v}");
+    for key in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "disagreements",
+        "conflicting",
+        "gaps",
+        "unacked",
+        "stalls",
+    ] {
+        assert_eq!(num(&v, key), 0, "{key} in {v}");
+    }
+    assert!(num(&v, "sent") > 0, "{v}");
+    assert_eq!(num(&v, "acked"), num(&v, "sent"), "{v}");
+    assert_eq!(num(&v, "delivered"), num(&v, "sent"), "{v}");
+    assert!(num(&v, "planned_reconnects") > 0, "{v}");
+    assert!(num(&v, "abrupt_drops") > 0, "{v}");
+    assert!(num(&v, "catch_ups") > num(&v, "clients"), "{v}");
+    assert_eq!(v["drained"], Value::Bool(true), "{v}");
+    let intervals = v["intervals"].as_array().map_or(0, Vec::len);
+    assert_eq!(intervals, 5, "{v}");
+    assert_eq!(v["memory"]["judged"], Value::Bool(true), "{v}");
+    assert!(v["failures"].as_array().is_some_and(Vec::is_empty), "{v}");
+    assert!(v["server_pool"].is_string(), "{v}");
+}
+
+#[test]
+fn a_soak_with_a_bad_duration_is_a_setup_error() {
+    let server = Server::start(&[]);
+    let (code, _, stderr) = server.bench(SERVICE_KEY, &["soak", "--duration", "10d"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--duration"), "{stderr}");
+}
+
+#[test]
 fn a_wrong_service_key_is_a_setup_error() {
     let server = Server::start(&[]);
     let (code, json, stderr) = server.bench(

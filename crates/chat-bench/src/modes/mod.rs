@@ -1,9 +1,10 @@
-//! The four modes.
+//! The five modes.
 
 pub mod connections;
 pub mod history;
 pub mod latency;
 mod open_loop;
+pub mod soak;
 pub mod throughput;
 
 use std::sync::Arc;
