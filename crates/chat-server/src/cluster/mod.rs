@@ -23,6 +23,8 @@ pub mod notice;
 pub mod postgres;
 pub mod publisher;
 pub mod sequencer;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 

@@ -268,11 +268,7 @@ mod tests {
     //! script (so restarting it disturbs no other test) and stops it at the end.
 
     use super::*;
-    use crate::cluster::Item;
-    use chat_domain::{RoomId, Seq, UserId};
-
-    /// Every wait is bounded by this.
-    const WAIT: Duration = Duration::from_secs(15);
+    use crate::cluster::test_support::*;
 
     fn nats_url() -> String {
         std::env::var("NATS_URL").unwrap_or_else(|_| {
@@ -281,55 +277,6 @@ mod tests {
                  eval \"$(scripts/nats-tmp.sh start)\""
             )
         })
-    }
-
-    fn node(name: &str) -> String {
-        format!("{name}-{}", uuid::Uuid::new_v4())
-    }
-
-    fn notice(node: &str, rooms: std::ops::RangeInclusive<u64>) -> Notice {
-        Notice {
-            node: node.to_string(),
-            items: rooms
-                .map(|i| Item::Messages {
-                    room: RoomId::new(format!("0b6c3f2e-8f3e-4a7e-9d59-{i:012}")).unwrap(),
-                    members: [UserId::new("alice").unwrap(), UserId::new("bob").unwrap()],
-                    first: Seq::new(i).unwrap(),
-                    last: Seq::new(i + 1).unwrap(),
-                    messages: Vec::new(),
-                })
-                .collect(),
-        }
-    }
-
-    /// The next `Reconnected`, or notice of one of `from`, within [`WAIT`] (other tests may
-    /// publish on the same server).
-    async fn next(rx: &mut mpsc::Receiver<Incoming>, from: &[&str]) -> Incoming {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let incoming = tokio::time::timeout_at(deadline, rx.recv())
-                .await
-                .unwrap_or_else(|_| panic!("nothing from {from:?} within {WAIT:?}"))
-                .expect("the engine closed its channel");
-            match &incoming {
-                Incoming::Notice(n) if !from.contains(&n.node.as_str()) => continue,
-                _ => return incoming,
-            }
-        }
-    }
-
-    async fn next_notice(rx: &mut mpsc::Receiver<Incoming>, from: &[&str]) -> Notice {
-        match next(rx, from).await {
-            Incoming::Notice(n) => n,
-            Incoming::Reconnected => panic!("unexpected Reconnected"),
-        }
-    }
-
-    async fn reconnected(rx: &mut mpsc::Receiver<Incoming>) {
-        match next(rx, &[]).await {
-            Incoming::Reconnected => {}
-            Incoming::Notice(n) => panic!("expected Reconnected, got {n:?}"),
-        }
     }
 
     #[test]
