@@ -115,7 +115,7 @@ pub async fn start(nats_url: &str, subject: String, node: String) -> Result<Engi
 
     let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
     tokio::spawn(forward(subscriber, node.clone(), tx.clone()));
-    tokio::spawn(announce(pending, client.clone(), tx));
+    tokio::spawn(announce(pending, client.clone(), node.clone(), tx));
 
     Ok(Engine {
         bus: Arc::new(NatsBus { client, subject }),
@@ -230,7 +230,7 @@ impl Pending {
 ///   the new server, so a flush (a PING answered after the SUB) comes first; only then is a
 ///   sweep sure to cover everything this node missed;
 /// - after the client dropped messages for us (slow consumer): a sweep recovers them too.
-async fn announce(pending: Arc<Pending>, client: Client, tx: mpsc::Sender<Incoming>) {
+async fn announce(pending: Arc<Pending>, client: Client, node: String, tx: mpsc::Sender<Incoming>) {
     loop {
         tokio::select! {
             () = pending.wake.notified() => {}
@@ -239,14 +239,17 @@ async fn announce(pending: Arc<Pending>, client: Client, tx: mpsc::Sender<Incomi
         let connected = pending.connected.swap(false, Ordering::SeqCst);
         let dropped = pending.dropped.swap(0, Ordering::SeqCst);
         if connected {
-            match tokio::time::timeout(TIMEOUT, client.flush()).await {
-                Ok(Ok(())) => tracing::info!("cluster bus: connected to NATS"),
+            // A round trip through the server, after our SUB: a request to a subject nobody
+            // serves comes back at once as "no responders", and only after the server has
+            // processed everything this connection sent before it. `flush` only empties our
+            // write buffer: a notice published right after it could still beat the SUB (seen
+            // in the engine's own test, about one run in two).
+            let probe = client.request(format!("_matchchat.probe.{node}"), "".into());
+            match tokio::time::timeout(TIMEOUT, probe).await {
+                Ok(_) => tracing::info!("cluster bus: connected to NATS"),
                 // Announced all the same: a sweep too many costs little, one too few leaves
                 // rooms stale until the periodic sweep.
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cluster bus: flush after connecting failed");
-                }
-                Err(_) => tracing::warn!("cluster bus: flush after connecting timed out"),
+                Err(_) => tracing::warn!("cluster bus: NATS round trip after connecting timed out"),
             }
         }
         if dropped > 0 {
@@ -307,6 +310,8 @@ mod tests {
     async fn a_notice_reaches_the_other_node_and_not_its_own() {
         let (a, mut engine_a, b, mut engine_b) = pair(&nats_url()).await;
 
+        // The first notice right after both announced Reconnected: it must arrive (the
+        // round trip in `announce` makes sure B's subscription is live on the server).
         let sent = notice(&a, 1..=3);
         engine_a.bus.publish(&sent).await.unwrap();
         assert_eq!(next_notice(&mut engine_b.incoming, &[&a, &b]).await, sent);
