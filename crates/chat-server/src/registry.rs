@@ -120,6 +120,7 @@ enum Command {
     /// A connection's `ready` showed these rooms at these seqs (a cluster node starts
     /// tracking them there).
     Track {
+        user: UserId,
         id: ConnId,
         rooms: Vec<(RoomId, Members, u64)>,
     },
@@ -202,8 +203,8 @@ impl RegistryHandle {
 
     /// Tells a cluster node's registry which rooms a new connection saw at which seq (a
     /// single node ignores it).
-    pub async fn track(&self, id: ConnId, rooms: Vec<(RoomId, Members, u64)>) {
-        let _ = self.commands.send(Command::Track { id, rooms }).await;
+    pub async fn track(&self, user: UserId, id: ConnId, rooms: Vec<(RoomId, Members, u64)>) {
+        let _ = self.commands.send(Command::Track { user, id, rooms }).await;
     }
 
     /// Closes every connection with 1001 and refuses new ones.
@@ -531,20 +532,13 @@ impl Registry {
                 }
                 self.publish_count();
             }
-            Command::Track { id, rooms } => {
+            Command::Track { user, id, rooms } => {
                 if let Some(sequencer) = self.sequencer() {
                     for (room, members, last_seq) in rooms {
                         sequencer.snapshot(room, members, last_seq);
                     }
                 }
-                let user = self
-                    .warming
-                    .iter()
-                    .find(|(_, ids)| ids.contains(&id))
-                    .map(|(u, _)| u.clone());
-                if let Some(user) = user {
-                    self.stop_warming(&user, id);
-                }
+                self.stop_warming(&user, id);
             }
             Command::Shutdown => {
                 self.shutting_down = true;

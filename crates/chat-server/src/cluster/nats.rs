@@ -310,33 +310,15 @@ mod tests {
     async fn a_notice_reaches_the_other_node_and_not_its_own() {
         let (a, mut engine_a, b, mut engine_b) = pair(&nats_url()).await;
 
-        // The first notice right after both announced Reconnected: it must arrive (the
-        // round trip in `announce` makes sure B's subscription is live on the server).
-        let sent = notice(&a, 1..=3);
-        engine_a.bus.publish(&sent).await.unwrap();
-        assert_eq!(next_notice(&mut engine_b.incoming, &[&a, &b]).await, sent);
-
-        // A sees B's notice next, not its own one published before it.
-        let marker = notice(&b, 7..=7);
-        engine_b.bus.publish(&marker).await.unwrap();
-        assert_eq!(next_notice(&mut engine_a.incoming, &[&a, &b]).await, marker);
+        // The first notice right after both announced Reconnected must arrive: the round
+        // trip in `announce` makes sure B's subscription is live on the server.
+        routes_to_the_other_node_only(&a, &mut engine_a, &b, &mut engine_b).await;
     }
 
     #[tokio::test]
     async fn a_notice_over_one_payload_arrives_whole_and_in_order() {
         let (a, engine_a, _b, mut engine_b) = pair(&nats_url()).await;
-
-        let sent = notice(&a, 1..=600);
-        assert!(
-            sent.to_payloads().len() > 3,
-            "the notice should need several payloads"
-        );
-        engine_a.bus.publish(&sent).await.unwrap();
-        let mut items = Vec::new();
-        while items.len() < sent.items.len() {
-            items.extend(next_notice(&mut engine_b.incoming, &[&a]).await.items);
-        }
-        assert_eq!(items, sent.items);
+        a_large_notice_arrives_whole(&a, &engine_a, &mut engine_b).await;
     }
 
     /// A nats-server of this test's own, through `scripts/nats-tmp.sh`; stopped on drop.

@@ -387,15 +387,8 @@ mod tests {
         let mut engine_a = start(&database_url(), a.clone()).await.unwrap();
         let mut engine_b = start(&database_url(), b.clone()).await.unwrap();
 
-        let sent = notice(&a, 1..=3);
-        engine_a.bus.publish(&sent).await.unwrap();
-        assert_eq!(next_notice(&mut engine_b.incoming, &[&a, &b]).await, sent);
-
-        // A sees B's notice next, not its own one published before it (PostgreSQL delivers
-        // in commit order).
-        let marker = notice(&b, 7..=7);
-        engine_b.bus.publish(&marker).await.unwrap();
-        assert_eq!(next_notice(&mut engine_a.incoming, &[&a, &b]).await, marker);
+        // PostgreSQL delivers in commit order, so A sees B's notice next.
+        routes_to_the_other_node_only(&a, &mut engine_a, &b, &mut engine_b).await;
     }
 
     #[tokio::test]
@@ -404,17 +397,7 @@ mod tests {
         let engine_a = start(&database_url(), a.clone()).await.unwrap();
         let mut engine_b = start(&database_url(), b.clone()).await.unwrap();
 
-        let sent = notice(&a, 1..=600);
-        assert!(
-            sent.to_payloads().len() > 3,
-            "the notice should need several payloads"
-        );
-        engine_a.bus.publish(&sent).await.unwrap();
-        let mut items = Vec::new();
-        while items.len() < sent.items.len() {
-            items.extend(next_notice(&mut engine_b.incoming, &[&a]).await.items);
-        }
-        assert_eq!(items, sent.items);
+        a_large_notice_arrives_whole(&a, &engine_a, &mut engine_b).await;
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chat_domain::{RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 
-use super::{Incoming, Item, Notice};
+use super::{Engine, Incoming, Item, Notice};
 
 /// Every wait in the engines' tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -60,4 +60,35 @@ pub async fn reconnected(rx: &mut mpsc::Receiver<Incoming>) {
         Incoming::Reconnected => {}
         Incoming::Notice(n) => panic!("expected Reconnected, got {n:?}"),
     }
+}
+
+/// A notice from A reaches B; A never gets its own back (A sees B's notice next, though it
+/// published its own first). The engines' shared routing check.
+pub async fn routes_to_the_other_node_only(
+    a: &str,
+    engine_a: &mut Engine,
+    b: &str,
+    engine_b: &mut Engine,
+) {
+    let sent = notice(a, 1..=3);
+    engine_a.bus.publish(&sent).await.unwrap();
+    assert_eq!(next_notice(&mut engine_b.incoming, &[a, b]).await, sent);
+    let marker = notice(b, 7..=7);
+    engine_b.bus.publish(&marker).await.unwrap();
+    assert_eq!(next_notice(&mut engine_a.incoming, &[a, b]).await, marker);
+}
+
+/// A notice too large for one payload arrives whole and in order.
+pub async fn a_large_notice_arrives_whole(a: &str, engine_a: &Engine, engine_b: &mut Engine) {
+    let sent = notice(a, 1..=600);
+    assert!(
+        sent.to_payloads().len() > 3,
+        "the notice should need several payloads"
+    );
+    engine_a.bus.publish(&sent).await.unwrap();
+    let mut items = Vec::new();
+    while items.len() < sent.items.len() {
+        items.extend(next_notice(&mut engine_b.incoming, &[a]).await.items);
+    }
+    assert_eq!(items, sent.items);
 }

@@ -271,7 +271,10 @@ impl Connection {
                 self.ready_seqs.insert(room.room_id.clone(), room.last_seq);
             }
         }
-        self.state.registry.track(self.id, tracked).await;
+        self.state
+            .registry
+            .track(self.user.clone(), self.id, tracked)
+            .await;
         self.reply(
             None,
             &ServerFrame::Ready {
