@@ -14,7 +14,18 @@
 // back-off, auth), chat-rooms.js (room state: merge, unread), chat-outbox.js (unconfirmed
 // sends and their persistence).
 
-import { ChatError, ERROR_TEXT, HISTORY_WINDOW, normalizeNewlines, validateBody } from "./chat-rules.js";
+import {
+  ChatError,
+  ERROR_TEXT,
+  HISTORY_WINDOW,
+  NOT_ALLOWED,
+  RECEIVED_BATCH_MS,
+  TYPING_SEND_MS,
+  TYPING_SHOW_MS,
+  normalizeNewlines,
+  protocolAtLeast,
+  validateBody,
+} from "./chat-rules.js";
 import { ChatTransport } from "./chat-transport.js";
 import { RoomStore } from "./chat-rooms.js";
 import { Outbox, defaultStorage } from "./chat-outbox.js";
@@ -29,12 +40,20 @@ export {
   newClientMsgId,
   ERROR_TEXT,
   ChatError,
+  NOT_ALLOWED,
+  TYPING_SEND_MS,
+  TYPING_SHOW_MS,
+  protocolAtLeast,
 } from "./chat-rules.js";
 
 /** Rooms whose newest message is fetched for the room list after connecting. */
 const PREVIEW_ROOMS = 50;
-/** Errors without a ref that can only answer the history request in flight. */
+/** Errors without a ref that can only answer the history request in flight (servers without `req`). */
 const HISTORY_ERRORS = new Set([ERROR_CODES.NOT_A_MEMBER, ERROR_CODES.UNKNOWN_ROOM, ERROR_CODES.INVALID_FRAME, ERROR_CODES.INTERNAL]);
+/** Requests remembered for attributing a late error frame (fire-and-forget ones included). */
+const MAX_TRACKED_REQUESTS = 512;
+/** A typing frame from someone whose message arrived this recently is a late one: ignored. */
+const LATE_TYPING_MS = 1000;
 
 /**
  * The protocol client. Fires (all as CustomEvent with `detail`):
@@ -44,8 +63,13 @@ const HISTORY_ERRORS = new Set([ERROR_CODES.NOT_A_MEMBER, ERROR_CODES.UNKNOWN_RO
  * - "change"  {roomId, reason}           a room's messages changed (render getMessages(roomId))
  * - "message" {roomId, message, own}     a new stored message arrived live (not from history)
  * - "seen"    {roomId, readerId, upToSeq, seenAt}
+ * - "delivered" {roomId, readerId, upToSeq, deliveredAt}   (protocol 1.1)
+ * - "deleted" {roomId, seq, deletedAt, own}                a message was unsent (1.1)
+ * - "typing"  {roomId, userId, typing}                    the other member typing or not (1.1)
+ * - "presence" {userId, online, lastActiveAt}             (1.1)
  * - "failed"  {roomId, item, code, message}  a send was refused
- * - "error"   {code, message, ref}       any error frame
+ * - "error"   {code, message, ref, req, request}  any error frame; `request` is
+ *             `{type, roomId, seq}` of the request it answers when known
  * - "authrequired" {reason}              no valid token and no getToken: call setToken()
  */
 export class ChatClient extends EventTarget {
@@ -54,6 +78,13 @@ export class ChatClient extends EventTarget {
   #outbox;
   #requestTimeoutMs;
   #userId = null;
+  #protocol = null; // what `ready` named ("1.0" when nothing)
+  #reqCounter = 0;
+  #tracked = new Map(); // req -> {type, roomId, seq, settle?}: requests an error may answer
+  #receivedTimer = null;
+  #moreRooms = false;
+  #roomsCursor = null; // {last_activity_at, room_id} of the last room of the last page
+  #roomsRequest = null; // the `rooms` page request in flight (a Promise)
 
   /**
    * @param {object} [options]
@@ -95,6 +126,47 @@ export class ChatClient extends EventTarget {
     return this.#transport.lastClose;
   }
 
+  /** The protocol version the server named in `ready` ("1.0" when it named none), or null. */
+  get protocol() {
+    return this.#protocol;
+  }
+
+  /** Whether the server has more rooms than the client was given (see loadMoreRooms()). */
+  get moreRooms() {
+    return this.#moreRooms;
+  }
+
+  /** Protocol 1.1 is spoken: typing, received, delete and rooms may be sent. */
+  #v11() {
+    return protocolAtLeast(this.#protocol, 1, 1);
+  }
+
+  /** A new request id: short, unique per client. */
+  #newReq(type) {
+    this.#reqCounter += 1;
+    return `${type.slice(0, 2)}${this.#reqCounter.toString(36)}`;
+  }
+
+  /** Remembers a request so that an error frame with its `req` can be tied to it. */
+  #track(req, info) {
+    this.#tracked.set(req, info);
+    if (this.#tracked.size > MAX_TRACKED_REQUESTS) {
+      // The oldest fire-and-forget requests go first; ones still waiting for an answer stay.
+      for (const [k, v] of this.#tracked) {
+        if (this.#tracked.size <= MAX_TRACKED_REQUESTS) break;
+        if (!v.settle) this.#tracked.delete(k);
+      }
+    }
+  }
+
+  /** Sends a frame with a fresh `req`; returns the req, or null when not connected. */
+  #sendRequest(frame, info = {}) {
+    const req = this.#newReq(frame.type);
+    if (!this.#transport.send({ ...frame, req })) return null;
+    this.#track(req, { type: frame.type, roomId: frame.room_id ?? null, seq: frame.seq ?? frame.up_to_seq ?? null, ...info });
+    return req;
+  }
+
   // ---- connection ---------------------------------------------------------------------
 
   /** Opens the connection (and keeps it open, reconnecting, until disconnect()). */
@@ -120,7 +192,15 @@ export class ChatClient extends EventTarget {
   /** The socket is gone: requests in flight fail; watermarks are re-sent after reconnecting. */
   #onDown(why) {
     this.#failRequests(why);
-    if (why !== "disconnected") for (const room of this.#rooms.values()) room.seenSent = 0;
+    for (const room of this.#rooms.values()) {
+      if (why !== "disconnected") {
+        room.seenSent = 0;
+        room.receivedSent = 0;
+      }
+      room.typingSentAt = 0;
+      // Whoever was typing: we cannot tell any more.
+      if (room.typingUntil) this.#stopTyping(room);
+    }
   }
 
   #emit(type, detail) {
@@ -146,14 +226,31 @@ export class ChatClient extends EventTarget {
         this.#onMessage(frame.room_id, frame.message);
         break;
       case "history":
-        this.#onHistory(frame.room_id, frame.messages || []);
+        this.#onHistory(frame);
         break;
       case "seen":
         this.#onSeen(frame);
         break;
+      case "delivered":
+        this.#onDelivered(frame);
+        break;
+      case "message_deleted":
+        this.#onDeleted(frame);
+        break;
+      case "typing":
+        this.#onTyping(frame);
+        break;
+      case "presence":
+        this.#onPresence(frame);
+        break;
+      case "rooms":
+        this.#onRoomsPage(frame);
+        break;
       case "room_opened":
-        this.#rooms.upsert(frame.room, true);
-        this.#emitRooms();
+        if (frame.room && frame.room.room_id) {
+          this.#rooms.upsert(frame.room, true);
+          this.#emitRooms();
+        }
         break;
       case "room_closed": {
         const room = this.#rooms.get(frame.room_id);
@@ -179,7 +276,10 @@ export class ChatClient extends EventTarget {
       this.#outbox.reset();
     }
     this.#userId = frame.user_id;
-    for (const summary of frame.rooms || []) this.#rooms.upsert(summary, false);
+    this.#protocol = typeof frame.protocol === "string" ? frame.protocol : "1.0";
+    const summaries = Array.isArray(frame.rooms) ? frame.rooms : [];
+    for (const summary of summaries) this.#rooms.upsert(summary, false);
+    this.#setRoomsCursor(summaries, frame.more_rooms);
     for (const roomId of this.#outbox.load(this.#userId)) this.#rooms.ensure(roomId);
     this.#transport.ready();
     this.#emit("ready", { userId: this.#userId, rooms: this.getRooms() });
@@ -193,17 +293,21 @@ export class ChatClient extends EventTarget {
     let previews = 0;
     for (const room of this.#rooms.values()) {
       if (room.loaded || room.wanted) jobs.push(this.#catchUpGuarded(room));
-      else if (room.last_seq > 0 && previews < PREVIEW_ROOMS) {
-        // The room list shows each room's newest message; `ready` does not carry it.
+      else if (room.last_seq > 0 && !room.hasSummaryPreview && previews < PREVIEW_ROOMS) {
+        // The room list shows each room's newest message; a 1.0 `ready` does not carry it.
         previews += 1;
         this.#loadPreview(room);
       }
+      // The summary's newest message is the other member's and not seen: this device got it.
+      const last = room.preview;
+      if (last && room.unread > 0 && last.sender_id !== this.#userId) this.#noteReceived(room, last.seq);
     }
     await Promise.allSettled(jobs);
     if (!this.#transport.isCurrent(connection) || this.state !== "open") return;
     for (const room of this.#rooms.values()) {
       if (room.seenWanted > room.seenSent) this.#flushSeen(room);
     }
+    this.#flushReceivedSoon();
     for (const item of this.#outbox.pending()) this.#transmit(item);
   }
 
@@ -223,6 +327,7 @@ export class ChatClient extends EventTarget {
       const [last] = await this.history(room.room_id, { limit: 1 });
       if (last && (!room.preview || last.seq >= room.preview.seq)) {
         room.preview = last;
+        if (last.sender_id !== this.#userId && !last.seen_at) this.#noteReceived(room, last.seq);
         this.#emitRooms();
       }
     } catch {
@@ -241,8 +346,14 @@ export class ChatClient extends EventTarget {
       return;
     }
     let after = room.maxSeq();
-    for (const m of room.messages.values()) {
-      if (m.sender_id === this.#userId && !m.seen_at && m.seq <= after) after = Math.min(after, m.seq - 1);
+    if (this.#v11()) {
+      // Re-read the whole window: messages unsent and receipts given while we were away
+      // change messages we already hold. (The summary's watermarks carry the receipts.)
+      after = Math.max(0, room.minSeq() - 1);
+    } else {
+      for (const m of room.messages.values()) {
+        if (m.sender_id === this.#userId && !m.seen_at && m.seq <= after) after = Math.min(after, m.seq - 1);
+      }
     }
     if (after <= 0 || room.last_seq - after > HISTORY_WINDOW) {
       // Nothing to continue from, or more missed than the window holds: the latest page is
@@ -263,6 +374,9 @@ export class ChatClient extends EventTarget {
   #merge(room, messages, reason) {
     const { changed, own } = room.merge(messages, this.#userId);
     const confirmed = this.#outbox.remove(room.room_id, own);
+    let got = 0;
+    for (const m of messages) if (m.sender_id !== this.#userId && m.seq > got) got = m.seq;
+    if (got) this.#noteReceived(room, got);
     if ((changed || confirmed) && reason !== "message") this.#change(room.room_id, reason);
   }
 
@@ -280,6 +394,12 @@ export class ChatClient extends EventTarget {
       room.notePreview(message);
       if (confirmed) this.#outbox.remove(roomId, [message.client_msg_id]);
     }
+    if (!own) {
+      room.peerMessageAt = Date.now();
+      // Their message is here: they are not typing it any more.
+      if (room.typingUntil) this.#stopTyping(room);
+      this.#noteReceived(room, message.seq);
+    }
     if (isNew && !own && !message.seen_at && message.seq > room.readUpTo) {
       if (!room.loaded) room.unread += 1;
       else room.recountUnread(this.#userId);
@@ -291,13 +411,17 @@ export class ChatClient extends EventTarget {
     }
   }
 
-  #onHistory(roomId, messages) {
-    const room = this.#rooms.get(roomId);
+  #onHistory(frame) {
+    const room = this.#rooms.get(frame.room_id);
     const queue = room && room.requests;
-    if (!queue || queue.length === 0) return; // unsolicited: ignore
+    if (!queue || queue.length === 0 || !queue[0].sent) return; // unsolicited: ignore
+    // The head is the one request of this room in flight; a reply naming another req is not
+    // its answer (a server without `req` names none).
+    if (frame.req != null && frame.req !== queue[0].req) return;
     const request = queue.shift();
+    this.#tracked.delete(request.req);
     clearTimeout(request.timer);
-    request.resolve(messages);
+    request.resolve(Array.isArray(frame.messages) ? frame.messages : []);
     this.#pumpRequests(room);
   }
 
@@ -306,8 +430,9 @@ export class ChatClient extends EventTarget {
     if (!room) return;
     const upTo = frame.up_to_seq;
     if (frame.reader_id === this.#userId) {
-      // I read the other member's messages (maybe from another tab).
+      // I read the other member's messages (maybe from another tab); seen counts as received.
       room.markRead(upTo, frame.seen_at, this.#userId);
+      room.receivedSent = Math.max(room.receivedSent, upTo);
       this.#emitRooms();
     } else {
       room.markSeenByPeer(upTo, frame.seen_at, this.#userId);
@@ -316,8 +441,100 @@ export class ChatClient extends EventTarget {
     this.#change(frame.room_id, "seen");
   }
 
+  #onDelivered(frame) {
+    const room = this.#rooms.get(frame.room_id);
+    if (!room || !Number.isSafeInteger(frame.up_to_seq)) return;
+    if (frame.reader_id === this.#userId) {
+      // My watermark (this device's or another of mine): nothing to send up to there.
+      room.receivedSent = Math.max(room.receivedSent, frame.up_to_seq);
+      return;
+    }
+    if (!room.markDeliveredToPeer(frame.up_to_seq)) return;
+    this.#emit("delivered", { roomId: room.room_id, readerId: frame.reader_id, upToSeq: frame.up_to_seq, deliveredAt: frame.delivered_at ?? null });
+    this.#change(room.room_id, "delivered");
+  }
+
+  #onDeleted(frame) {
+    const room = this.#rooms.get(frame.room_id);
+    if (!room || !Number.isSafeInteger(frame.seq)) return;
+    const changed = room.markDeleted(frame.seq, frame.deleted_at || "deleted");
+    for (const [req, info] of this.#tracked) {
+      if (info.type === "delete" && info.settle && info.roomId === room.room_id && info.seq === frame.seq) {
+        this.#tracked.delete(req);
+        info.settle(null);
+      }
+    }
+    if (!changed) return;
+    const m = room.messages.get(frame.seq);
+    const own = Boolean(m && m.sender_id === this.#userId);
+    this.#emit("deleted", { roomId: room.room_id, seq: frame.seq, deletedAt: frame.deleted_at ?? null, own });
+    this.#emitRooms();
+    this.#change(room.room_id, "deleted");
+  }
+
+  #onTyping(frame) {
+    const room = this.#rooms.get(frame.room_id);
+    if (!room || !frame.user_id || frame.user_id === this.#userId) return;
+    // A typing frame overtaken by the message it was typed for: not a new one.
+    if (Date.now() - room.peerMessageAt < LATE_TYPING_MS) return;
+    const was = room.typing;
+    room.typingUntil = Date.now() + TYPING_SHOW_MS;
+    clearTimeout(room.typingTimer);
+    room.typingTimer = setTimeout(() => this.#stopTyping(room), TYPING_SHOW_MS);
+    if (!was) {
+      this.#emit("typing", { roomId: room.room_id, userId: frame.user_id, typing: true });
+      this.#emitRooms();
+    }
+  }
+
+  #stopTyping(room) {
+    clearTimeout(room.typingTimer);
+    room.typingTimer = null;
+    room.typingUntil = 0;
+    this.#emit("typing", { roomId: room.room_id, userId: room.peerId(this.#userId), typing: false });
+    this.#emitRooms();
+  }
+
+  #onPresence(frame) {
+    if (!frame.user_id || typeof frame.online !== "boolean" || frame.user_id === this.#userId) return;
+    const presence = { online: frame.online, last_active_at: typeof frame.last_active_at === "string" ? frame.last_active_at : null };
+    let any = false;
+    for (const room of this.#rooms.values()) {
+      if (room.peerId(this.#userId) === frame.user_id) {
+        room.presence = { ...presence };
+        any = true;
+      }
+    }
+    if (!any) return;
+    this.#emit("presence", { userId: frame.user_id, online: presence.online, lastActiveAt: presence.last_active_at });
+    this.#emitRooms();
+  }
+
   #onError(frame) {
-    this.#emit("error", { code: frame.code, message: frame.message, ref: frame.ref ?? null });
+    const req = typeof frame.req === "string" ? frame.req : null;
+    const info = req ? this.#tracked.get(req) : undefined;
+    const request = info ? { type: info.type, roomId: info.roomId, seq: info.seq } : null;
+    this.#emit("error", { code: frame.code, message: frame.message, ref: frame.ref ?? null, req, request });
+    if (info) {
+      if (info.settle) {
+        // A request waiting for its answer (history, delete, rooms): this is it.
+        this.#tracked.delete(req);
+        info.settle(new ChatError(frame.code, ERROR_TEXT[frame.code] || frame.message));
+        return;
+      }
+      const room = info.roomId ? this.#rooms.get(info.roomId) : null;
+      if (room && frame.code === ERROR_CODES.RATE_LIMITED) {
+        // A watermark that did not go through goes again a little later.
+        if (info.type === "seen") {
+          room.seenSent = Math.min(room.seenSent, (info.seq || 1) - 1);
+          this.#retryLater(() => this.#flushSeen(room));
+        } else if (info.type === "received") {
+          room.receivedSent = Math.min(room.receivedSent, (info.seq || 1) - 1);
+          this.#retryLater(() => this.#flushReceivedSoon());
+        }
+      }
+      if (info.type !== "send") return;
+    }
     if (frame.ref) {
       const item = this.#outbox.find(frame.ref);
       const room = item && this.#rooms.get(item.room_id);
@@ -341,13 +558,14 @@ export class ChatClient extends EventTarget {
       this.#change(room.room_id, "failed");
       return;
     }
-    // History and seen errors carry no ref. A history error can only belong to a request in
-    // flight: if exactly one room has one, it is that one.
-    if (HISTORY_ERRORS.has(frame.code)) {
+    // A server without `req`: history and seen errors carry no ref. A history error can only
+    // belong to a request in flight: if exactly one room has one, it is that one.
+    if (!req && HISTORY_ERRORS.has(frame.code)) {
       const waiting = [...this.#rooms.values()].filter((r) => r.requests.length > 0 && r.requests[0].sent);
       if (waiting.length === 1) {
         const room = waiting[0];
         const request = room.requests.shift();
+        this.#tracked.delete(request.req);
         clearTimeout(request.timer);
         request.reject(new ChatError(frame.code, frame.message));
         this.#pumpRequests(room);
@@ -411,7 +629,7 @@ export class ChatClient extends EventTarget {
         reject(new ChatError("offline", "not connected"));
         return;
       }
-      room.requests.push({ frame, resolve, reject, sent: false, timer: null });
+      room.requests.push({ frame, req: null, resolve, reject, sent: false, timer: null });
       this.#pumpRequests(room);
     });
   }
@@ -419,7 +637,18 @@ export class ChatClient extends EventTarget {
   #pumpRequests(room) {
     const head = room.requests[0];
     if (!head || head.sent) return;
-    if (!this.#transport.send(head.frame)) {
+    const settle = (error, messages) => {
+      // An error frame with this req: the request failed (its answer never comes).
+      const i = room.requests.indexOf(head);
+      if (i < 0) return;
+      room.requests.splice(i, 1);
+      clearTimeout(head.timer);
+      if (error) head.reject(error);
+      else head.resolve(messages);
+      this.#pumpRequests(room);
+    };
+    head.req = this.#sendRequest(head.frame, { settle });
+    if (!head.req) {
       room.requests.shift();
       head.reject(new ChatError("offline", "not connected"));
       this.#pumpRequests(room);
@@ -432,6 +661,10 @@ export class ChatClient extends EventTarget {
   }
 
   #failRequests(why) {
+    // Answers to this connection's requests can no longer come.
+    const waiting = [...this.#tracked.values()].filter((info) => info.settle && info.type !== "history");
+    this.#tracked.clear();
+    for (const info of waiting) info.settle(new ChatError("offline", ERROR_TEXT.offline));
     for (const room of this.#rooms.values()) {
       const requests = room.requests;
       room.requests = [];
@@ -447,9 +680,10 @@ export class ChatClient extends EventTarget {
   /**
    * A room's messages, oldest first: the stored window (by seq) then unconfirmed sends (in
    * the order they were written). Each item:
-   * `{key, room_id, seq, sender_id, body, sent_at, seen_at, client_msg_id, own, state, error}`
-   * with state "sending" | "sent" | "seen" | "failed" ("seen" for another's message means
-   * this user has marked it seen).
+   * `{key, room_id, seq, sender_id, body, sent_at, seen_at, deleted_at, client_msg_id, own,
+   * state, error}` with state "sending" | "sent" | "delivered" | "seen" | "failed" ("seen" for
+   * another's message means this user has marked it seen; "delivered" is for own messages
+   * only). A deleted (unsent) message has `body` null and `deleted_at` set.
    */
   getMessages(roomId) {
     const room = this.#rooms.get(roomId);
@@ -468,6 +702,7 @@ export class ChatClient extends EventTarget {
       body: item.body,
       sent_at: item.created_at,
       seen_at: null,
+      deleted_at: null,
       client_msg_id: item.client_msg_id,
       own: true,
       state: item.state,
@@ -490,6 +725,7 @@ export class ChatClient extends EventTarget {
     if (!check.ok) throw new ChatError(check.code, check.reason);
     const item = this.#outbox.create(roomId, body);
     this.#outbox.add(item);
+    room.typingSentAt = 0; // typing the next one is news again
     this.#change(roomId, "sending");
     this.#transmit(item);
     return this.#itemView(item);
@@ -517,7 +753,7 @@ export class ChatClient extends EventTarget {
 
   #transmit(item) {
     // Not connected: it stays "sending" and goes out after the next ready.
-    this.#transport.send({ type: "send", room_id: item.room_id, client_msg_id: item.client_msg_id, body: item.body });
+    this.#sendRequest({ type: "send", room_id: item.room_id, client_msg_id: item.client_msg_id, body: item.body });
   }
 
   /**
@@ -530,6 +766,8 @@ export class ChatClient extends EventTarget {
     if (upToSeq <= room.seenWanted && upToSeq <= room.readUpTo) return false;
     room.seenWanted = Math.max(room.seenWanted, upToSeq);
     room.markRead(upToSeq, "local", this.#userId);
+    // The server counts a seen message as received too: no `received` needed up to there.
+    room.receivedWanted = Math.max(room.receivedWanted, upToSeq);
     this.#flushSeen(room);
     this.#emitRooms();
     this.#change(roomId, "read");
@@ -538,9 +776,152 @@ export class ChatClient extends EventTarget {
 
   #flushSeen(room) {
     if (room.seenWanted > room.seenSent) {
-      if (this.#transport.send({ type: "seen", room_id: room.room_id, up_to_seq: room.seenWanted })) {
+      if (this.#sendRequest({ type: "seen", room_id: room.room_id, up_to_seq: room.seenWanted })) {
         room.seenSent = room.seenWanted;
+        room.receivedSent = Math.max(room.receivedSent, room.seenWanted);
       }
     }
+  }
+
+  #retryLater(fn) {
+    const connection = this.#transport.connection;
+    setTimeout(() => {
+      if (this.#transport.isCurrent(connection) && this.state === "open") fn();
+    }, 1000 + Math.random() * 1000);
+  }
+
+  // ---- protocol 1.1: received, typing, unsend, room pages ---------------------------------
+
+  /** This device got the other member's messages up to `seq`: a `received` goes out, batched. */
+  #noteReceived(room, seq) {
+    if (!(seq > room.receivedWanted)) return;
+    room.receivedWanted = seq;
+    this.#flushReceivedSoon();
+  }
+
+  #flushReceivedSoon() {
+    if (this.#receivedTimer || !this.#v11()) return;
+    if (![...this.#rooms.values()].some((r) => r.receivedWanted > r.receivedSent)) return;
+    this.#receivedTimer = setTimeout(() => {
+      this.#receivedTimer = null;
+      this.#flushReceived();
+    }, RECEIVED_BATCH_MS);
+  }
+
+  /** One `received` frame per room whose watermark moved since the last one. */
+  #flushReceived() {
+    if (this.state !== "open" || !this.#v11()) return;
+    for (const room of this.#rooms.values()) {
+      const upTo = Math.min(room.receivedWanted, room.last_seq || room.receivedWanted);
+      if (upTo > room.receivedSent && upTo > room.seenSent) {
+        if (this.#sendRequest({ type: "received", room_id: room.room_id, up_to_seq: upTo })) room.receivedSent = upTo;
+      }
+    }
+  }
+
+  /**
+   * Tells the other member that this user is composing in `roomId` (protocol 1.1). Call it on
+   * every keystroke: a frame goes out at most every TYPING_SEND_MS (3 s) per room. Returns
+   * whether one went out.
+   */
+  typing(roomId) {
+    const room = this.#rooms.get(roomId);
+    if (!room || room.closed || this.state !== "open" || !this.#v11()) return false;
+    const now = Date.now();
+    if (now - room.typingSentAt < TYPING_SEND_MS) return false;
+    if (!this.#sendRequest({ type: "typing", room_id: roomId })) return false;
+    room.typingSentAt = now;
+    return true;
+  }
+
+  /** Whether `unsend()` can work here: the server speaks 1.1. */
+  get canUnsend() {
+    return this.#v11();
+  }
+
+  /**
+   * Unsends one's own stored message (protocol 1.1). Resolves when the server announced the
+   * deletion (`message_deleted`); rejects with a ChatError: `not_allowed` (someone else's
+   * message, or the unsend window has passed), `offline`, `timeout`, `unsupported`, or any
+   * other error code of the server.
+   */
+  unsend(roomId, seq) {
+    return new Promise((resolve, reject) => {
+      const room = this.#rooms.get(roomId);
+      if (!room) return reject(new ChatError(ERROR_CODES.UNKNOWN_ROOM));
+      if (!this.#v11()) return reject(new ChatError("unsupported", ERROR_TEXT.unsupported));
+      const m = room.messages.get(seq);
+      if (m && m.deleted_at) return resolve();
+      if (m && m.sender_id !== this.#userId) return reject(new ChatError(NOT_ALLOWED));
+      let timer = null;
+      const settle = (error) => {
+        clearTimeout(timer);
+        if (error) reject(error);
+        else resolve();
+      };
+      const req = this.#sendRequest({ type: "delete", room_id: roomId, seq }, { settle });
+      if (!req) return reject(new ChatError("offline", ERROR_TEXT.offline));
+      timer = setTimeout(() => {
+        if (this.#tracked.get(req)?.settle !== settle) return;
+        this.#tracked.delete(req);
+        reject(new ChatError("timeout", ERROR_TEXT.timeout));
+      }, this.#requestTimeoutMs);
+    });
+  }
+
+  #setRoomsCursor(summaries, more) {
+    const last = summaries[summaries.length - 1];
+    if (last && typeof last.last_activity_at === "string") this.#roomsCursor = { last_activity_at: last.last_activity_at, room_id: last.room_id };
+    // Without a cursor there is no way to ask for the next page.
+    this.#moreRooms = more === true && this.#roomsCursor !== null;
+  }
+
+  /**
+   * Loads the next page of rooms when `ready` (or the last page) said there are more
+   * (`moreRooms`). Resolves with the number of rooms the page held (0 when there was nothing
+   * to load). One page at a time: a second call meanwhile gets the same promise.
+   */
+  loadMoreRooms() {
+    if (this.#roomsRequest) return this.#roomsRequest;
+    if (!this.#moreRooms || !this.#v11()) return Promise.resolve(0);
+    const cursor = this.#roomsCursor;
+    this.#roomsRequest = new Promise((resolve, reject) => {
+      let timer = null;
+      const settle = (error, frame) => {
+        clearTimeout(timer);
+        if (error) return reject(error);
+        const summaries = Array.isArray(frame.rooms) ? frame.rooms : [];
+        for (const summary of summaries) this.#rooms.upsert(summary, false);
+        if (summaries.length) this.#setRoomsCursor(summaries, frame.more_rooms);
+        else this.#moreRooms = false;
+        this.#emitRooms();
+        resolve(summaries.length);
+      };
+      const req = this.#sendRequest(
+        { type: "rooms", before_activity_at: cursor.last_activity_at, before_room_id: cursor.room_id },
+        { settle },
+      );
+      if (!req) return reject(new ChatError("offline", ERROR_TEXT.offline));
+      timer = setTimeout(() => {
+        if (this.#tracked.get(req)?.settle !== settle) return;
+        this.#tracked.delete(req);
+        reject(new ChatError("timeout", ERROR_TEXT.timeout));
+      }, this.#requestTimeoutMs);
+    }).finally(() => {
+      this.#roomsRequest = null;
+    });
+    return this.#roomsRequest;
+  }
+
+  #onRoomsPage(frame) {
+    let req = typeof frame.req === "string" ? frame.req : null;
+    if (!req) {
+      // Not named: the one rooms request in flight.
+      for (const [k, v] of this.#tracked) if (v.type === "rooms" && v.settle) req = k;
+    }
+    const info = req && this.#tracked.get(req);
+    if (!info || info.type !== "rooms" || !info.settle) return;
+    this.#tracked.delete(req);
+    info.settle(null, frame);
   }
 }

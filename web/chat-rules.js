@@ -7,6 +7,26 @@ import { ERROR_CODES, MAX_BODY_CHARS } from "./protocol.js";
 
 export { HISTORY_WINDOW, MAX_BODY_CHARS } from "./protocol.js";
 
+/** Protocol 1.1's error code for a refused `delete` (protocol.js names it once regenerated). */
+export const NOT_ALLOWED = ERROR_CODES.NOT_ALLOWED || "not_allowed";
+/** A `typing` frame is sent at most this often per room while the user composes. */
+export const TYPING_SEND_MS = 3000;
+/** "typing…" is shown this long after the other member's last `typing` frame. */
+export const TYPING_SHOW_MS = 5000;
+/** `received` watermarks are batched over this long (one frame per room, not per message). */
+export const RECEIVED_BATCH_MS = 250;
+
+/**
+ * Whether the `protocol` a server names in `ready` is at least `major.minor`. A server that
+ * names none speaks 1.0.
+ */
+export function protocolAtLeast(protocol, major, minor) {
+  const m = /^(\d+)\.(\d+)$/.exec(String(protocol || "1.0"));
+  if (!m) return false;
+  const [a, b] = [Number(m[1]), Number(m[2])];
+  return a > major || (a === major && b >= minor);
+}
+
 // A body is empty when it has no visible character: every character is Unicode White_Space
 // (Rust's `char::is_whitespace`, which `trim()` uses) or one of the invisible characters of
 // body.rs's list (soft hyphen, zero-width and joiner characters, direction marks and
@@ -135,6 +155,10 @@ export const ERROR_TEXT = {
   [ERROR_CODES.RATE_LIMITED]: "Sending too fast. Try again in a moment.",
   [ERROR_CODES.ROOM_CLOSED]: "This conversation has ended.",
   [ERROR_CODES.INTERNAL]: "Server error. Try again.",
+  [NOT_ALLOWED]: "Not allowed: only your own messages can be unsent, and only for a while after sending.",
+  offline: "Not connected. Try again when the connection is back.",
+  timeout: "No answer from the server. Try again.",
+  unsupported: "This server doesn't support that yet.",
 };
 
 /** An error with the server's (or the client's) `code`. */

@@ -195,7 +195,8 @@ export class ChatTransport {
     }
     this.#ws = ws;
     this.#handle = {};
-    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: this.#token }));
+    // Every request carries a `req` (protocol 1.1); an auth error answers with it.
+    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: this.#token, req: "auth" }));
     ws.onmessage = (ev) => this.#onMessage(ev.data);
     ws.onclose = (ev) => this.#onClose(ws, ev.code, ev.reason);
     ws.onerror = () => {}; // a close follows

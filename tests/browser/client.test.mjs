@@ -128,6 +128,7 @@ class FakeSocket {
     this.url = url;
     this.readyState = 0;
     this.sent = [];
+    this.reqs = [];
     this.closedWith = null;
     FakeSocket.all.push(this);
     setTimeout(() => {
@@ -135,8 +136,18 @@ class FakeSocket {
       this.onopen?.();
     }, 0);
   }
+  /**
+   * A frame from the client. Every one must carry a `req` (1..64 characters, unique on this
+   * socket); `sent` keeps the frames without it, `reqs` the reqs in order.
+   */
   send(data) {
-    this.sent.push(JSON.parse(data));
+    const frame = JSON.parse(data);
+    const { req, ...rest } = frame;
+    assert.equal(typeof req, "string", `a req on ${data}`);
+    assert.ok(req.length >= 1 && req.length <= 64, `req of 1..64 characters: ${data}`);
+    assert.ok(!this.reqs.includes(req), `req ${req} used twice on one socket`);
+    this.reqs.push(req);
+    this.sent.push(rest);
   }
   close(code = 1000, reason = "") {
     if (this.readyState === 3) return;
@@ -339,5 +350,219 @@ test("ChatClient: a refused send fails with the reason; rate_limited is retried 
   assert.deepEqual(events.filter(([t]) => t === "failed").map(([, d]) => d.code), ["room_closed"]);
   assert.equal(client.discard("r1", item.client_msg_id), true);
   assert.deepEqual(client.getMessages("r1"), []);
+  client.disconnect();
+});
+
+// ---- protocol 1.1 ---------------------------------------------------------------------------
+
+const AT = "2026-11-30T12:00:00.000000Z";
+const msg = (seq, sender, body = `m${seq}`, extra = {}) => ({ room_id: "r1", seq, sender_id: sender, body, sent_at: AT, seen_at: null, deleted_at: null, client_msg_id: `c${seq}`, ...extra });
+const ROOM11 = {
+  ...ROOM,
+  peer: { online: true, last_active_at: null },
+  last_message: null,
+  peer_seen_up_to: 0,
+  peer_delivered_up_to: 0,
+  last_activity_at: AT,
+};
+
+async function ready11(client, rooms = [ROOM11], extra = {}) {
+  client.connect();
+  const ws = await openSocket(1);
+  ws.receive({ type: "ready", user_id: "alice", protocol: "1.1", more_rooms: false, rooms, ...extra });
+  return ws;
+}
+
+/** Loads r1's window through the fake server, answering its history request by req. */
+async function loadWindow(client, ws, messages) {
+  const load = client.loadRoom("r1");
+  await until(() => ws.sent.some((f) => f.type === "history"), "the history request");
+  const i = ws.sent.findIndex((f) => f.type === "history");
+  ws.receive({ type: "history", room_id: "r1", messages, req: ws.reqs[i] });
+  await load;
+}
+
+test("ChatClient 1.1: a history reply and an error are tied to their request by req", async () => {
+  const { client } = newClient();
+  const errors = [];
+  client.addEventListener("error", (e) => errors.push(e.detail));
+  const ws = await ready11(client);
+  const load = client.loadRoom("r1");
+  await until(() => ws.sent.some((f) => f.type === "history"), "the history request");
+  const req = ws.reqs[ws.sent.findIndex((f) => f.type === "history")];
+  // A reply naming another request is not this one's answer.
+  ws.receive({ type: "history", room_id: "r1", messages: [msg(1, "bob")], req: "someone-else" });
+  assert.equal(client.getRoom("r1").loaded, false);
+  ws.receive({ type: "error", code: "internal", message: "db down", ref: null, req });
+  await assert.rejects(load, (e) => e instanceof ChatError && e.code === "internal");
+  assert.deepEqual(errors.map((e) => [e.code, e.req, e.request && e.request.type, e.request && e.request.roomId]), [["internal", req, "history", "r1"]]);
+  client.disconnect();
+});
+
+test("ChatClient 1.1: typing goes out at most every 3 s; the other's shows for 5 s and clears when their message arrives", async (t) => {
+  const { client } = newClient();
+  const typing = [];
+  client.addEventListener("typing", (e) => typing.push(e.detail.typing));
+  const ws = await ready11(client);
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: Date.now() });
+  const typingFrames = () => ws.sent.filter((f) => f.type === "typing");
+
+  assert.equal(client.typing("r1"), true);
+  assert.equal(client.typing("r1"), false, "not again within 3 s");
+  t.mock.timers.tick(2999);
+  assert.equal(client.typing("r1"), false);
+  t.mock.timers.tick(1);
+  assert.equal(client.typing("r1"), true);
+  assert.deepEqual(typingFrames(), [{ type: "typing", room_id: "r1" }, { type: "typing", room_id: "r1" }]);
+  // Sending a message makes the next keystroke news again.
+  client.send("r1", "hi");
+  assert.equal(client.typing("r1"), true);
+
+  // Bob types: shown for 5 s after his last frame.
+  ws.receive({ type: "typing", room_id: "r1", user_id: "bob" });
+  assert.equal(client.getRoom("r1").typing, true);
+  t.mock.timers.tick(4000);
+  ws.receive({ type: "typing", room_id: "r1", user_id: "bob" });
+  t.mock.timers.tick(4999);
+  assert.equal(client.getRoom("r1").typing, true, "5 s from the last frame, not the first");
+  t.mock.timers.tick(1);
+  assert.equal(client.getRoom("r1").typing, false);
+  assert.deepEqual(typing, [true, false]);
+
+  // Bob types and sends: cleared at once by his message.
+  t.mock.timers.tick(2000);
+  ws.receive({ type: "typing", room_id: "r1", user_id: "bob" });
+  assert.equal(client.getRoom("r1").typing, true);
+  ws.receive({ type: "message", room_id: "r1", message: msg(2, "bob") });
+  assert.equal(client.getRoom("r1").typing, false);
+  // A typing frame overtaken by his message (it arrives just after) is not shown.
+  ws.receive({ type: "typing", room_id: "r1", user_id: "bob" });
+  assert.equal(client.getRoom("r1").typing, false);
+  assert.deepEqual(typing, [true, false, true, false]);
+  t.mock.timers.reset();
+  client.disconnect();
+});
+
+test("ChatClient 1.1: received goes out batched, one frame per room; delivered then seen move own messages on", async (t) => {
+  const { client } = newClient();
+  const ws = await ready11(client);
+  await loadWindow(client, ws, [msg(1, "alice"), msg(2, "alice")]);
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: Date.now() });
+  const received = () => ws.sent.filter((f) => f.type === "received");
+  // Bob's messages arrive in a burst: one received frame, for the highest, after the batch.
+  for (const seq of [3, 4, 5]) ws.receive({ type: "message", room_id: "r1", message: msg(seq, "bob") });
+  assert.equal(received().length, 0, "batched, not at once");
+  t.mock.timers.tick(250);
+  assert.deepEqual(received(), [{ type: "received", room_id: "r1", up_to_seq: 5 }]);
+  // Marked seen: no received is needed up to there.
+  ws.receive({ type: "message", room_id: "r1", message: msg(6, "bob") });
+  client.markSeen("r1", 6);
+  t.mock.timers.tick(1000);
+  assert.equal(received().length, 1, "seen covers received");
+  t.mock.timers.reset();
+
+  const states = () => client.getMessages("r1").filter((m) => m.own).map((m) => [m.seq, m.state]);
+  assert.deepEqual(states(), [[1, "sent"], [2, "sent"]]);
+  ws.receive({ type: "delivered", room_id: "r1", reader_id: "bob", up_to_seq: 2, delivered_at: AT });
+  assert.deepEqual(states(), [[1, "delivered"], [2, "delivered"]]);
+  ws.receive({ type: "seen", room_id: "r1", reader_id: "bob", up_to_seq: 1, seen_at: AT });
+  assert.deepEqual(states(), [[1, "seen"], [2, "delivered"]]);
+  // The other member's messages are never "delivered" (that is about one's own).
+  assert.ok(client.getMessages("r1").filter((m) => !m.own).every((m) => m.state !== "delivered"));
+  client.disconnect();
+});
+
+test("ChatClient 1.1: unsend resolves on message_deleted; a refusal rejects with the code of the error carrying its req", async () => {
+  const { client } = newClient();
+  const deleted = [];
+  client.addEventListener("deleted", (e) => deleted.push(e.detail));
+  const ws = await ready11(client);
+  await loadWindow(client, ws, [msg(1, "alice"), msg(2, "bob"), msg(3, "alice")]);
+  assert.equal(client.canUnsend, true);
+
+  const done = client.unsend("r1", 1);
+  const del = ws.sent.findIndex((f) => f.type === "delete");
+  assert.deepEqual(ws.sent[del], { type: "delete", room_id: "r1", seq: 1 });
+  ws.receive({ type: "message_deleted", room_id: "r1", seq: 1, deleted_at: AT });
+  await done;
+  const [first] = client.getMessages("r1");
+  assert.equal(first.body, null);
+  assert.equal(first.deleted_at, AT);
+  assert.deepEqual(deleted, [{ roomId: "r1", seq: 1, deletedAt: AT, own: true }]);
+
+  // The window passed: not_allowed, tied by req; nothing changes.
+  const refused = client.unsend("r1", 3);
+  const req = ws.reqs[ws.sent.findLastIndex((f) => f.type === "delete")];
+  ws.receive({ type: "error", code: "not_allowed", message: "too late", ref: null, req });
+  await assert.rejects(refused, (e) => e instanceof ChatError && e.code === "not_allowed");
+  assert.equal(client.getMessages("r1")[2].body, "m3");
+  // Someone else's message is refused before anything is sent.
+  const before = ws.sent.length;
+  await assert.rejects(client.unsend("r1", 2), (e) => e.code === "not_allowed");
+  assert.equal(ws.sent.length, before);
+
+  // A deleted message in a history page (e.g. after a reload) has no body either; the room
+  // list's preview follows a deletion too.
+  ws.receive({ type: "message", room_id: "r1", message: msg(4, "bob") });
+  ws.receive({ type: "message_deleted", room_id: "r1", seq: 4, deleted_at: AT });
+  assert.equal(client.getRoom("r1").last_message.body, null);
+  client.disconnect();
+});
+
+test("ChatClient 1.1: presence and watermarks from the summary, presence frames, and room pages with a cursor", async () => {
+  const { client } = newClient();
+  const summary = (id, peer, at) => ({ ...ROOM11, room_id: id, members: ["alice", peer], last_activity_at: at, last_message: msg(7, peer, "hey", { room_id: id }), last_seq: 7, unread: 1, peer_seen_up_to: 3, peer_delivered_up_to: 5, peer: { online: false, last_active_at: at } });
+  const ws = await ready11(client, [summary("r1", "bob", "2026-11-30T12:00:03.000000Z"), summary("r2", "carol", "2026-11-30T12:00:02.000000Z")], { more_rooms: true });
+  const r1 = client.getRoom("r1");
+  assert.deepEqual(r1.presence, { online: false, last_active_at: "2026-11-30T12:00:03.000000Z" });
+  assert.equal(r1.peer, "bob", "peer stays the other member's id");
+  assert.equal(r1.last_message.body, "hey");
+  assert.equal(r1.peer_delivered_up_to, 5);
+  assert.equal(r1.peer_seen_up_to, 3);
+  // The summary's last message is Bob's and unread: this device got it.
+  await until(() => ws.sent.some((f) => f.type === "received"), "received for the summaries");
+  assert.deepEqual(ws.sent.filter((f) => f.type === "received"), [
+    { type: "received", room_id: "r1", up_to_seq: 7 },
+    { type: "received", room_id: "r2", up_to_seq: 7 },
+  ]);
+  // No history request for previews: the summaries carry the last message.
+  assert.equal(ws.sent.filter((f) => f.type === "history").length, 0);
+
+  ws.receive({ type: "presence", user_id: "bob", online: true, last_active_at: null });
+  assert.deepEqual(client.getRoom("r1").presence, { online: true, last_active_at: null });
+  assert.deepEqual(client.getRoom("r2").presence.online, false, "only bob's rooms");
+
+  assert.equal(client.moreRooms, true);
+  const page = client.loadMoreRooms();
+  assert.equal(client.loadMoreRooms(), page, "one page at a time");
+  const i = ws.sent.findIndex((f) => f.type === "rooms");
+  assert.deepEqual(ws.sent[i], { type: "rooms", before_activity_at: "2026-11-30T12:00:02.000000Z", before_room_id: "r2" });
+  ws.receive({ type: "rooms", rooms: [summary("r3", "dan", "2026-11-30T12:00:01.000000Z")], more_rooms: false, req: ws.reqs[i] });
+  assert.equal(await page, 1);
+  assert.deepEqual(client.getRooms().map((r) => r.room_id), ["r1", "r2", "r3"]);
+  assert.equal(client.moreRooms, false);
+  assert.equal(await client.loadMoreRooms(), 0);
+  client.disconnect();
+});
+
+test("ChatClient against a 1.0 server: none of typing, received, delete or rooms is sent", async (t) => {
+  const { client } = newClient();
+  client.connect();
+  const ws = await openSocket(1);
+  ws.receive({ type: "ready", user_id: "alice", rooms: [{ ...ROOM, last_seq: 1, unread: 1 }] });
+  assert.equal(client.protocol, "1.0");
+  // The 1.0 way to the room list's preview: a history request.
+  await until(() => ws.sent.some((f) => f.type === "history"), "the preview request");
+  ws.receive({ type: "history", room_id: "r1", messages: [msg(1, "bob")] }); // no req in 1.0
+  await until(() => client.getRoom("r1").last_message !== null, "the preview");
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: Date.now() });
+  ws.receive({ type: "message", room_id: "r1", message: msg(2, "bob") });
+  assert.equal(client.typing("r1"), false);
+  assert.equal(client.canUnsend, false);
+  await assert.rejects(client.unsend("r1", 1), (e) => e.code === "unsupported");
+  assert.equal(await client.loadMoreRooms(), 0);
+  t.mock.timers.tick(5000); // well past the received batch window
+  t.mock.timers.reset();
+  assert.deepEqual([...new Set(ws.sent.map((f) => f.type))], ["auth", "history"]);
   client.disconnect();
 });
