@@ -1,12 +1,18 @@
 // matchchat's chat view: renders a ChatClient (chat-client.js) into the page. Plain DOM, no
 // framework. Test hooks (data-testid) are documented in docs/web.md and are a stable contract.
 
-import { ERROR_TEXT, HISTORY_WINDOW, MAX_BODY_CHARS, countChars, normalizeNewlines, validateBody } from "./chat-client.js";
+import { ERROR_TEXT, HISTORY_WINDOW, MAX_BODY_CHARS, NOT_ALLOWED, countChars, normalizeNewlines, validateBody } from "./chat-client.js";
 import { CLOSE, ERROR_CODES } from "./protocol.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const NARROW = "(max-width: 759px)";
-const STATE_LABEL = { sending: "Sending", sent: "Sent", seen: "Seen", failed: "Not sent" };
+const STATE_LABEL = { sending: "Sending", sent: "Sent", delivered: "Delivered", seen: "Seen", failed: "Not sent" };
+const STATE_ICON = { sending: "clock", sent: "check", delivered: "checks", seen: "checks", failed: "alert" };
+const DELETED_TEXT = "This message was deleted";
+/** A touch held this long on one's own message opens its menu. */
+const LONG_PRESS_MS = 500;
+/** "active 5 min ago" texts are refreshed this often. */
+const PRESENCE_REFRESH_MS = 30_000;
 
 /** Creates an element: h("div", {class: "x", "data-a": 1}, child, "text"). */
 function h(tag, attrs = {}, ...children) {
@@ -30,6 +36,8 @@ function icon(name) {
     clock: ["M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zm0 18a8 8 0 1 1 0-16 8 8 0 0 1 0 16zm.5-13H11v6l5.2 3.2.8-1.3-4.5-2.7z"],
     alert: ["M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zm1 15h-2v-2h2zm0-4h-2V7h2z"],
     down: ["M12 16.6 4.7 9.3l1.4-1.4 5.9 5.9 5.9-5.9 1.4 1.4z"],
+    more: ["M6 10.2a1.8 1.8 0 1 0 0 3.6 1.8 1.8 0 0 0 0-3.6zm6 0a1.8 1.8 0 1 0 0 3.6 1.8 1.8 0 0 0 0-3.6zm6 0a1.8 1.8 0 1 0 0 3.6 1.8 1.8 0 0 0 0-3.6z"],
+    trash: ["M9 3v1H4v2h1v13a2 2 0 0 0 2 2h10a2 2 0 0 0 2-2V6h1V4h-5V3zm-2 3h10v13H7zm2 2v9h2V8zm4 0v9h2V8z"],
   };
   const svg = document.createElementNS(SVG_NS, "svg");
   svg.setAttribute("viewBox", "0 0 24 24");
@@ -66,6 +74,29 @@ function dayLabel(d) {
   if (dayKey(d) === dayKey(today)) return "Today";
   if (dayKey(d) === dayKey(yesterday)) return "Yesterday";
   return d.getFullYear() === today.getFullYear() ? dayFmt.format(d) : yearDayFmt.format(d);
+}
+
+/** "online", "active 5 min ago", …: the other member's presence as words. */
+function presenceText(presence, now = Date.now()) {
+  if (!presence) return "";
+  if (presence.online) return "online";
+  const at = parseTime(presence.last_active_at);
+  if (!at) return "offline";
+  const mins = Math.floor((now - at.getTime()) / 60_000);
+  if (mins < 1) return "active just now";
+  if (mins < 60) return `active ${mins} min ago`;
+  const hours = Math.floor(mins / 60);
+  if (hours < 24) return `active ${hours} h ago`;
+  const days = Math.floor(hours / 24);
+  if (days === 1) return "active yesterday";
+  if (days < 7) return `active ${days} days ago`;
+  return `active ${(at.getFullYear() === new Date(now).getFullYear() ? dayFmt : yearDayFmt).format(at)}`;
+}
+
+/** Words for a failed unsend. */
+function unsendErrorText(err) {
+  if (err && err.code === NOT_ALLOWED) return "Couldn't unsend: the time to unsend this message has passed.";
+  return `Couldn't unsend: ${(err && (ERROR_TEXT[err.code] || err.message)) || "unknown error"}`;
 }
 
 function initial(name) {
@@ -108,6 +139,14 @@ class ChatView {
     this.lastSeq = null;
     this.narrow = window.matchMedia(NARROW);
     this.listeners = [];
+    this.msgErrors = new Map(); // message key -> why its unsend failed (shown beside it)
+    this.unsending = new Set(); // keys of messages being unsent
+    this.menuKey = null; // the message whose menu is open
+    this.pendingUnsend = null; // {key, seq} while the confirmation is open
+    this.longPress = null;
+    this.convError = null; // {text, retry} shown over the history
+    this.roomsLoading = false;
+    this.roomsError = null;
     this.build();
     this.wire();
     this.renderConnection();
@@ -126,6 +165,9 @@ class ChatView {
       : null;
     if (signOut) signOut.addEventListener("click", () => this.options.onSignOut());
     this.roomList = h("ul", { class: "room-list" });
+    // The end of the room list: more pages load when it comes into view (or on click).
+    this.moreRoomsButton = h("button", { type: "button", class: "chip subtle", "data-testid": "more-rooms", text: "Load more conversations" });
+    this.roomsMore = h("li", { class: "rooms-more" }, this.moreRoomsButton);
     this.roomsEmpty = h("p", { class: "rooms-empty", text: "No conversations yet." });
     const sidebar = h(
       "nav",
@@ -137,13 +179,17 @@ class ChatView {
 
     this.back = h("button", { type: "button", class: "icon-button back", "aria-label": "Back to conversations" }, icon("back"));
     this.avatar = h("span", { class: "avatar", "aria-hidden": "true" });
+    this.avatarDot = h("span", { class: "presence-dot", "aria-hidden": "true", hidden: true });
     this.peerName = h("h2", { class: "peer-name", id: "peer-name" });
     this.peerSub = h("p", { class: "peer-sub" });
+    // The other member's presence (protocol 1.1): stable, updated in place.
+    this.presence = h("span", { class: "presence", "data-testid": "presence" });
+    this.typingEl = h("span", { class: "typing", "data-testid": "typing", text: "typing…" });
     const head = h(
       "header",
       { class: "conv-head" },
       this.back,
-      this.avatar,
+      h("span", { class: "avatar-wrap" }, this.avatar, this.avatarDot),
       h("div", { class: "peer" }, this.peerName, this.peerSub),
     );
 
@@ -151,7 +197,11 @@ class ChatView {
     this.historyHint = h("p", { class: "visually-hidden", id: "history-hint", text: `Shows the latest ${HISTORY_WINDOW} messages, oldest first.` });
     this.placeholder = h("div", { class: "history-placeholder" });
     this.newMarker = h("button", { type: "button", class: "new-marker", "data-testid": "new-messages", hidden: true });
-    const historyWrap = h("div", { class: "history-wrap" }, this.history, this.placeholder, this.newMarker, this.historyHint);
+    // The menu of one's own message (unsend), placed beside it when open.
+    this.menu = h("div", { class: "msg-menu", role: "menu", "aria-label": "Message actions", "data-testid": "message-menu", hidden: true });
+    this.convErrorSlot = h("div", { class: "conv-error-slot" });
+    this.historyWrap = h("div", { class: "history-wrap" }, this.history, this.placeholder, this.newMarker, this.historyHint, this.menu, this.convErrorSlot);
+    const historyWrap = this.historyWrap;
 
     this.closedBanner = h("p", { class: "closed-banner", hidden: true, text: "This conversation has ended. You can still read it." });
 
@@ -182,7 +232,18 @@ class ChatView {
     this.conversation = h("main", { class: "conversation", "aria-labelledby": "peer-name" }, head, historyWrap, this.closedBanner, this.form);
     this.live = h("div", { class: "visually-hidden", "aria-live": "polite", "aria-atomic": "true", "data-testid": "live" });
 
-    this.shell = h("div", { class: "shell", "data-pane": "rooms" }, connection, sidebar, this.conversation, this.live);
+    // The unsend confirmation: a modal dialog (focus moves in, Escape cancels).
+    this.confirmCancel = h("button", { type: "button", class: "chip subtle", text: "Cancel" });
+    this.confirmButton = h("button", { type: "button", class: "chip danger", "data-testid": "confirm", text: "Unsend" });
+    this.dialog = h(
+      "dialog",
+      { class: "confirm", "aria-labelledby": "confirm-title", "aria-describedby": "confirm-text" },
+      h("h2", { id: "confirm-title", text: "Unsend this message?" }),
+      h("p", { id: "confirm-text", text: `It will be removed for both of you and show as “${DELETED_TEXT}”. They may have read it already.` }),
+      h("div", { class: "confirm-actions" }, this.confirmCancel, this.confirmButton),
+    );
+
+    this.shell = h("div", { class: "shell", "data-pane": "rooms" }, connection, sidebar, this.conversation, this.live, this.dialog);
     this.root.replaceChildren(this.shell);
     this.updateCounter();
     this.renderConversationHeader();
@@ -209,6 +270,21 @@ class ChatView {
       this.invalidate({ rooms: true, messages: e.detail.roomId === this.roomId });
     });
     this.on(c, "message", (e) => this.announce(e.detail));
+    this.on(c, "typing", (e) => {
+      if (e.detail.roomId === this.roomId) this.invalidate({ header: true });
+    });
+    this.on(c, "presence", () => this.invalidate({ rooms: true, header: true }));
+    this.on(c, "deleted", (e) => {
+      const { roomId, own } = e.detail;
+      if (roomId === this.roomId && !own) {
+        const room = this.client.getRoom(roomId);
+        this.say(`${room ? room.peer : "They"} unsent a message`);
+      }
+    });
+    this.on(c, "error", (e) => this.onRequestError(e.detail));
+    this.on(c, "ready", () => {
+      if (this.convError && this.convError.kind === "seen") this.setConvError(null);
+    });
     this.on(c, "failed", (e) => {
       if (e.detail.roomId === this.roomId) this.say(`Message not sent: ${e.detail.message}`);
     });
@@ -222,7 +298,11 @@ class ChatView {
     this.on(this.narrow, "change", () => this.flushSeenSoon());
 
     // Composer.
-    this.on(this.textarea, "input", () => this.onInput());
+    this.on(this.textarea, "input", () => {
+      this.onInput();
+      // "typing…" for the other member: the client sends at most one frame every 3 s.
+      if (this.textarea.value && this.currentRoomOpen()) this.client.typing(this.roomId);
+    });
     this.on(this.textarea, "beforeinput", (e) => this.onBeforeInput(e));
     this.on(this.textarea, "paste", (e) => this.onPaste(e));
     this.on(this.textarea, "drop", (e) => this.onDrop(e));
@@ -265,7 +345,78 @@ class ChatView {
         this.renderNow();
         this.textarea.focus();
       }
+      if (button.dataset.action === "menu") {
+        if (this.menuKey && this.menuKey === li.dataset.key) this.closeMenu({ restoreFocus: true });
+        else this.openMenu(li, { focus: true });
+      }
     });
+
+    // The menu of one's own message: right-click, long-press (touch), or its "…" button.
+    this.on(this.history, "contextmenu", (e) => {
+      const li = this.actionableMessage(e.target);
+      if (!li) return; // the browser's own menu everywhere else
+      e.preventDefault();
+      this.cancelLongPress();
+      if (this.menuKey !== li.dataset.key) this.openMenu(li, { focus: true });
+    });
+    this.on(this.history, "pointerdown", (e) => {
+      if (e.pointerType === "mouse") return;
+      const li = this.actionableMessage(e.target);
+      if (!li || !e.target.closest(".bubble")) return;
+      this.cancelLongPress();
+      const timer = setTimeout(() => {
+        this.longPress = null;
+        this.openMenu(li, { focus: true });
+      }, LONG_PRESS_MS);
+      this.longPress = { timer, x: e.clientX, y: e.clientY, id: e.pointerId };
+    });
+    this.on(this.history, "pointermove", (e) => {
+      const lp = this.longPress;
+      if (lp && lp.id === e.pointerId && Math.hypot(e.clientX - lp.x, e.clientY - lp.y) > 10) this.cancelLongPress();
+    });
+    for (const type of ["pointerup", "pointercancel"]) this.on(this.history, type, () => this.cancelLongPress());
+    this.on(this.history, "scroll", () => this.positionMenu(), { passive: true });
+    this.on(window, "resize", () => this.positionMenu());
+    this.on(document, "pointerdown", (e) => {
+      if (!this.menuKey || this.menu.contains(e.target)) return;
+      const opener = e.target.closest && e.target.closest('button[data-action="menu"]');
+      if (opener && opener.closest("li") === this.nodes.get(this.menuKey)) return; // its button toggles
+      this.closeMenu({ restoreFocus: false });
+    }, true);
+    this.on(this.menu, "keydown", (e) => {
+      const items = [...this.menu.querySelectorAll('[role="menuitem"]')];
+      const at = items.indexOf(document.activeElement);
+      if (e.key === "Escape") {
+        e.preventDefault();
+        e.stopPropagation();
+        this.closeMenu({ restoreFocus: true });
+      } else if (e.key === "Tab") {
+        this.closeMenu({ restoreFocus: true });
+        e.preventDefault();
+      } else if (e.key === "ArrowDown" || e.key === "ArrowUp" || e.key === "Home" || e.key === "End") {
+        e.preventDefault();
+        const next = e.key === "Home" ? 0 : e.key === "End" ? items.length - 1 : (at + (e.key === "ArrowDown" ? 1 : -1) + items.length) % items.length;
+        items[next]?.focus();
+      }
+    });
+    this.on(this.menu, "click", (e) => {
+      const item = e.target.closest("[data-menu-action]");
+      if (item && item.dataset.menuAction === "unsend") this.askUnsend(this.menuKey);
+    });
+    this.on(this.confirmCancel, "click", () => this.dialog.close("cancel"));
+    this.on(this.confirmButton, "click", () => this.dialog.close("confirm"));
+    this.on(this.dialog, "keydown", (e) => {
+      if (e.key === "Escape") e.stopPropagation(); // closes the dialog only, not the pane
+    });
+    this.on(this.dialog, "close", () => this.onConfirmClosed());
+
+    // More rooms: when the end of the list comes into view, or on click.
+    this.roomsIo = new IntersectionObserver((entries) => {
+      if (entries.some((e) => e.isIntersecting)) this.loadMoreRooms();
+    }, { root: this.roomList });
+    this.on(this.moreRoomsButton, "click", () => this.loadMoreRooms({ force: true }));
+    // "active 5 min ago" ages: refresh it now and then.
+    this.presenceTimer = setInterval(() => this.invalidate({ rooms: true, header: true }), PRESENCE_REFRESH_MS);
 
     // Seen: only what is on screen, only while the page is visible.
     this.io = new IntersectionObserver((entries) => this.onIntersect(entries), { root: this.history, threshold: [0, 0.5, 1] });
@@ -281,6 +432,9 @@ class ChatView {
   destroy() {
     for (const off of this.listeners) off();
     this.io.disconnect();
+    this.roomsIo.disconnect();
+    clearInterval(this.presenceTimer);
+    this.cancelLongPress();
     clearTimeout(this.seenTimer);
     this.cancelRender();
     this.root.replaceChildren();
@@ -347,7 +501,7 @@ class ChatView {
   renderRooms() {
     const rooms = this.client.getRooms();
     this.roomsEmpty.hidden = rooms.length > 0;
-    const existing = new Map([...this.roomList.children].map((li) => [li.dataset.roomId, li]));
+    const existing = new Map([...this.roomList.children].filter((li) => li !== this.roomsMore).map((li) => [li.dataset.roomId, li]));
     let cursor = this.roomList.firstChild;
     let totalUnread = 0;
     for (const room of rooms) {
@@ -366,6 +520,54 @@ class ChatView {
     }
     for (const li of existing.values()) li.remove();
     document.title = totalUnread > 0 ? `(${totalUnread}) matchchat` : "matchchat";
+    this.renderRoomsMore();
+  }
+
+  /** The end of the list while the server has more rooms: loads them when seen. */
+  renderRoomsMore() {
+    const more = this.client.moreRooms || Boolean(this.roomsError);
+    if (!more) {
+      if (this.roomsMore.isConnected) {
+        this.roomsIo.unobserve(this.roomsMore);
+        this.roomsMore.remove();
+      }
+      return;
+    }
+    this.moreRoomsButton.textContent = this.roomsLoading ? "Loading more conversations…" : this.roomsError ? "Try again" : "Load more conversations";
+    this.moreRoomsButton.disabled = this.roomsLoading;
+    const error = this.roomsMore.querySelector('[data-testid="error"]');
+    if (this.roomsError && !error) this.roomsMore.prepend(h("p", { class: "inline-error", "data-testid": "error", role: "alert", text: this.roomsError }));
+    else if (error && !this.roomsError) error.remove();
+    else if (error) error.textContent = this.roomsError;
+    if (this.roomList.lastChild !== this.roomsMore) {
+      this.roomList.append(this.roomsMore);
+      this.roomsIo.observe(this.roomsMore);
+    }
+  }
+
+  /** Whether the end of the room list is on screen. */
+  roomsEndInView() {
+    if (!this.roomsMore.isConnected) return false;
+    const list = this.roomList.getBoundingClientRect();
+    const end = this.roomsMore.getBoundingClientRect();
+    return list.height > 0 && end.top < list.bottom && end.bottom > list.top;
+  }
+
+  async loadMoreRooms({ force = false } = {}) {
+    if (this.roomsLoading || (this.roomsError && !force) || !this.client.moreRooms) return;
+    this.roomsLoading = true;
+    this.roomsError = null;
+    this.renderRoomsMore();
+    try {
+      await this.client.loadMoreRooms();
+    } catch (err) {
+      this.roomsError = `Couldn't load more conversations: ${ERROR_TEXT[err.code] || err.message}`;
+    } finally {
+      this.roomsLoading = false;
+    }
+    this.renderNow({ rooms: true });
+    // A short page leaves the end in view: the observer does not fire again by itself.
+    if (!this.roomsError && this.client.moreRooms && this.roomsEndInView()) this.loadMoreRooms();
   }
 
   fillRoom(button, room) {
@@ -374,42 +576,57 @@ class ChatView {
     if (room.room_id === this.roomId) button.setAttribute("aria-current", "true");
     else button.removeAttribute("aria-current");
     const last = room.last_message;
-    const prefix = last && last.sender_id === this.client.userId ? "You: " : "";
-    const preview = last ? `${prefix}${last.body.replace(/\n/g, " ")}` : room.closed ? "" : "Say hi 👋";
+    const deleted = Boolean(last && (last.deleted_at || last.body == null));
+    const prefix = last && !deleted && last.sender_id === this.client.userId ? "You: " : "";
+    const lastText = last ? (deleted ? DELETED_TEXT : last.body.replace(/\n/g, " ")) : "";
+    const preview = last ? `${prefix}${lastText}` : room.closed ? "" : "Say hi 👋";
     const when = last ? parseTime(last.sent_at) : null;
-    const sig = JSON.stringify([room.peer, room.unread, room.closed, preview, last && last.sent_at]);
+    // Presence and typing (protocol 1.1) only for an open room: the server sends none otherwise.
+    const presence = room.closed ? null : room.presence;
+    const typing = !room.closed && room.typing;
+    const away = presence && !presence.online ? presenceText(presence) : "";
+    const sig = JSON.stringify([room.peer, room.unread, room.closed, preview, deleted, last && last.sent_at, presence && presence.online, away, typing]);
     if (button._sig === sig) return;
     button._sig = sig;
     const avatar = h("span", { class: "avatar", "aria-hidden": "true", text: initial(room.peer) });
     avatar.style.setProperty("--hue", hue(room.peer));
+    const avatarWrap = h("span", { class: "avatar-wrap" }, avatar);
+    if (presence && presence.online) avatarWrap.append(h("span", { class: "presence-dot", "aria-hidden": "true" }));
     const top = h(
       "span",
       { class: "room-top" },
       h("span", { class: "room-name", text: room.peer }),
+      away ? h("span", { class: "room-presence", "data-online": "false", text: away }) : null,
       when ? h("time", { class: "room-time", datetime: when.toISOString(), text: timeFmt.format(when) }) : null,
     );
     // The body is isolated (dir="auto"): its direction controls cannot reorder the text around it.
-    const previewEl = last
-      ? h("span", { class: "room-preview" }, prefix || null, h("span", { class: "preview-body", dir: "auto", text: last.body.replace(/\n/g, " ") }))
-      : h("span", { class: "room-preview", text: preview });
+    let previewEl;
+    if (typing) previewEl = h("span", { class: "room-preview typing-preview", text: "typing…" });
+    else if (last && deleted) previewEl = h("span", { class: "room-preview deleted-preview", text: DELETED_TEXT });
+    else if (last) previewEl = h("span", { class: "room-preview" }, prefix || null, h("span", { class: "preview-body", dir: "auto", text: lastText }));
+    else previewEl = h("span", { class: "room-preview", text: preview });
     const bottom = h("span", { class: "room-bottom" }, previewEl);
     if (room.closed) bottom.append(h("span", { class: "tag", text: "Closed" }));
     if (room.unread > 0) {
       bottom.append(h("span", { class: "badge", "aria-label": `${room.unread} unread`, text: room.unread > 99 ? "99+" : String(room.unread) }));
     }
-    button.replaceChildren(avatar, h("span", { class: "room-text" }, top, bottom));
-    button.setAttribute("aria-label", `${room.peer}${room.unread ? `, ${room.unread} unread` : ""}${room.closed ? ", closed" : ""}`);
+    button.replaceChildren(avatarWrap, h("span", { class: "room-text" }, top, bottom));
+    const state = typing ? ", typing" : presence ? `, ${presenceText(presence)}` : "";
+    button.setAttribute("aria-label", `${room.peer}${state}${room.unread ? `, ${room.unread} unread` : ""}${room.closed ? ", closed" : ""}`);
   }
 
   async selectRoom(roomId, { focus = false } = {}) {
     const changed = roomId !== this.roomId;
     this.roomId = roomId;
     if (changed) {
+      this.closeMenu({ restoreFocus: false });
       this.nodes.clear();
       this.history.replaceChildren();
       this.visible.clear();
       this.io.disconnect();
       this.clearNewMarker();
+      this.msgErrors.clear();
+      this.setConvError(null);
       this.lastSeq = null;
       this.forceScroll = true;
     }
@@ -418,10 +635,48 @@ class ChatView {
     if (focus && !this.textarea.disabled) this.textarea.focus({ preventScroll: true });
     try {
       await this.client.loadRoom(roomId);
-    } catch {
-      // Offline: the room loads when the connection is back (the client remembers it).
+      if (this.roomId === roomId && this.convError && this.convError.kind === "load") this.setConvError(null);
+    } catch (err) {
+      // Offline: the room loads when the connection is back (the client remembers it). A
+      // refusal from the server is shown where the messages would be.
+      if (this.roomId === roomId && err && err.code !== "offline") {
+        this.setConvError({
+          kind: "load",
+          text: `Couldn't load messages: ${ERROR_TEXT[err.code] || err.message}`,
+          retry: () => this.selectRoom(roomId),
+        });
+      }
     }
     if (this.roomId === roomId) this.renderNow({ messages: true });
+  }
+
+  /** An error above the messages (loading them, marking them seen), with an optional retry. */
+  setConvError(error) {
+    this.convError = error;
+    if (!error) {
+      this.convErrorSlot.replaceChildren();
+      return;
+    }
+    const box = h("p", { class: "inline-error conv-error", "data-testid": "error", role: "alert" }, h("span", { text: error.text }));
+    if (error.retry) {
+      const retry = h("button", { type: "button", class: "chip subtle", text: "Try again" });
+      retry.addEventListener("click", () => {
+        this.setConvError(null);
+        error.retry();
+      });
+      box.append(retry);
+    }
+    this.convErrorSlot.replaceChildren(box);
+  }
+
+  /** An `error` frame answering one of this page's requests (by its `req`). */
+  onRequestError({ code, request }) {
+    if (!request || code === ERROR_CODES.RATE_LIMITED) return; // rate_limited: the client retries
+    if (request.type === "seen" && request.roomId === this.roomId) {
+      this.setConvError({ kind: "seen", text: `Couldn't mark messages as seen: ${ERROR_TEXT[code] || code}` });
+    }
+    // history, rooms and delete errors reject their promises (shown where they were asked);
+    // send errors show on the message; typing and received are hints: nothing to show.
   }
 
   showPane(pane) {
@@ -441,8 +696,23 @@ class ChatView {
     this.peerName.textContent = room ? room.peer : "No conversation selected";
     this.avatar.textContent = room ? initial(room.peer) : "";
     this.avatar.style.setProperty("--hue", room ? hue(room.peer) : 210);
-    this.peerSub.textContent = room && room.closed ? "Conversation ended" : "";
-    this.peerSub.hidden = !this.peerSub.textContent;
+    // Under the name: "Conversation ended", or "typing…", or the presence ("online", "active
+    // 5 min ago"; protocol 1.1). "typing…" is in the DOM only while they are typing.
+    const presence = room && !room.closed ? room.presence : null;
+    const typing = Boolean(room && !room.closed && room.typing);
+    const sub = [];
+    if (room && room.closed) sub.push("Conversation ended");
+    if (presence) {
+      this.presence.dataset.online = String(presence.online);
+      this.presence.textContent = presenceText(presence);
+      this.presence.hidden = typing;
+      sub.push(this.presence);
+    }
+    if (typing) sub.push(this.typingEl);
+    const same = sub.length === this.peerSub.childNodes.length && sub.every((x, i) => (typeof x === "string" ? this.peerSub.childNodes[i].nodeType === 3 && this.peerSub.childNodes[i].data === x : this.peerSub.childNodes[i] === x));
+    if (!same) this.peerSub.replaceChildren(...sub);
+    this.peerSub.hidden = sub.length === 0;
+    this.avatarDot.hidden = !(presence && presence.online);
     if (!room) {
       this.placeholder.hidden = false;
       this.placeholder.textContent = this.client.getRooms().length ? "Pick a conversation to start chatting." : "No conversations yet.";
@@ -547,19 +817,32 @@ class ChatView {
       const added = items.filter((x) => !x.own && x.seq != null && x.seq > lastBefore).length;
       if (added > 0) this.showNewMarker(added);
     }
+    this.positionMenu();
     this.flushSeenSoon();
   }
 
   fillMessage(el, w) {
     const { item } = w;
-    const sig = JSON.stringify([item.seq, item.state, item.error && item.error.message, w.first, w.last, item.body, item.sent_at]);
-    el.className = `msg ${item.own ? "own" : "other"}${w.first ? " first" : ""}${w.last ? " last" : ""} state-${item.state}`;
+    const deleted = Boolean(item.deleted_at);
+    // One's own stored message can be unsent (protocol 1.1), from its menu.
+    const actionable = item.own && item.seq != null && !deleted && this.client.canUnsend;
+    const unsending = this.unsending.has(w.key);
+    const error = this.msgErrors.get(w.key) || null;
+    const sig = JSON.stringify([item.seq, item.state, item.error && item.error.message, w.first, w.last, item.body, item.sent_at, deleted, actionable, unsending, error]);
+    el.className = `msg ${item.own ? "own" : "other"}${w.first ? " first" : ""}${w.last ? " last" : ""} state-${item.state}${deleted ? " deleted" : ""}`;
     el.dataset.state = item.state;
     el.dataset.own = String(item.own);
     el.dataset.sender = item.sender_id;
     el.dataset.clientMsgId = item.client_msg_id;
+    el.dataset.key = w.key;
     if (item.seq != null) el.dataset.seq = String(item.seq);
     else delete el.dataset.seq;
+    if (deleted) el.dataset.deleted = "true";
+    else delete el.dataset.deleted;
+    if (actionable) el.dataset.actionable = "true";
+    else delete el.dataset.actionable;
+    if (unsending) el.dataset.unsending = "true";
+    else delete el.dataset.unsending;
     // Observe the other member's messages I have not seen; stop once seen.
     if (!item.own && item.seq != null && item.state !== "seen") this.io.observe(el);
     else if (!item.own) {
@@ -571,30 +854,164 @@ class ChatView {
 
     const time = h("time", { datetime: w.at.toISOString(), title: fullFmt.format(w.at), text: timeFmt.format(w.at) });
     const meta = h("span", { class: "meta" }, time);
-    if (item.own) {
+    if (item.own && !deleted) {
       const status = h("span", { class: "status", title: STATE_LABEL[item.state] });
-      status.append(icon({ sending: "clock", sent: "check", seen: "checks", failed: "alert" }[item.state]));
+      status.append(icon(STATE_ICON[item.state] || "check"));
       status.append(h("span", { class: "visually-hidden", text: STATE_LABEL[item.state] }));
       meta.append(status);
     }
     const who = h("span", { class: "visually-hidden", text: item.own ? "You: " : `${item.sender_id}: ` });
     // dir="auto" and `unicode-bidi: isolate`: a body takes its direction from its own first
     // strong character and can never reorder the text around it (name, time, state).
-    const body = h("span", { class: "body", dir: "auto", text: item.body });
+    const body = deleted
+      ? h("span", { class: "body deleted-body", dir: "auto", text: DELETED_TEXT })
+      : h("span", { class: "body", dir: "auto", text: item.body });
     const bubble = h("div", { class: "bubble" }, who, body, meta);
-    el.replaceChildren(bubble);
+    const row = h("div", { class: "msg-row" });
+    if (actionable) {
+      row.append(
+        h(
+          "button",
+          {
+            type: "button",
+            class: "msg-actions",
+            "data-action": "menu",
+            "data-testid": "message-actions",
+            "aria-label": "Actions for your message",
+            "aria-haspopup": "menu",
+            "aria-expanded": String(this.menuKey === w.key),
+            disabled: unsending,
+          },
+          icon("more"),
+        ),
+      );
+    }
+    row.append(bubble);
+    el.replaceChildren(row);
+    if (error) el.append(h("p", { class: "inline-error msg-error", "data-testid": "error", role: "alert", text: error }));
     if (item.state === "failed") {
       const reason = (item.error && item.error.message) || "Not sent.";
       el.append(
         h(
           "div",
           { class: "failed-row" },
-          h("span", { class: "failed-reason", text: reason }),
+          h("span", { class: "failed-reason", "data-testid": "error", text: reason }),
           h("button", { type: "button", class: "chip", "data-action": "retry", text: "Retry" }),
           h("button", { type: "button", class: "chip subtle", "data-action": "discard", text: "Discard" }),
         ),
       );
     }
+  }
+
+  // ---- unsend: menu and confirmation ------------------------------------------------------
+
+  /** The message element under `target` when it is one's own and can be unsent. */
+  actionableMessage(target) {
+    const li = target && target.closest && target.closest('li[data-testid="message"]');
+    return li && li.dataset.actionable === "true" && !li.dataset.unsending && this.history.contains(li) ? li : null;
+  }
+
+  openMenu(li, { focus = true } = {}) {
+    this.closeMenu({ restoreFocus: false });
+    const key = li.dataset.key;
+    this.menuKey = key;
+    if (this.msgErrors.delete(key)) {
+      // Trying again: the old reason goes.
+      this.renderNow({ messages: true });
+      li = this.nodes.get(key) || li;
+    }
+    const item = h(
+      "button",
+      { type: "button", role: "menuitem", class: "menu-item danger", "data-menu-action": "unsend", "data-testid": "unsend" },
+      icon("trash"),
+      h("span", { text: "Unsend" }),
+    );
+    this.menu.replaceChildren(item);
+    this.menu.hidden = false;
+    li.dataset.menuOpen = "true";
+    li.querySelector('button[data-action="menu"]')?.setAttribute("aria-expanded", "true");
+    this.positionMenu();
+    if (focus) item.focus({ preventScroll: true });
+  }
+
+  closeMenu({ restoreFocus = false } = {}) {
+    if (!this.menuKey) return;
+    const li = this.nodes.get(this.menuKey);
+    this.menuKey = null;
+    const hadFocus = this.menu.contains(document.activeElement);
+    this.menu.hidden = true;
+    this.menu.replaceChildren();
+    if (li) {
+      delete li.dataset.menuOpen;
+      const opener = li.querySelector('button[data-action="menu"]');
+      opener?.setAttribute("aria-expanded", "false");
+      if (restoreFocus || hadFocus) (opener || this.history).focus({ preventScroll: true });
+    }
+  }
+
+  /** Keeps the open menu beside its message (the list scrolls, the window resizes). */
+  positionMenu() {
+    if (!this.menuKey) return;
+    const li = this.nodes.get(this.menuKey);
+    const bubble = li && li.isConnected && li.querySelector(".bubble");
+    if (!bubble || li.dataset.actionable !== "true") {
+      this.closeMenu({ restoreFocus: false });
+      return;
+    }
+    const wrap = this.historyWrap.getBoundingClientRect();
+    const b = bubble.getBoundingClientRect();
+    const height = this.menu.offsetHeight;
+    let top = b.bottom - wrap.top + 4;
+    if (top + height > wrap.height - 4) top = b.top - wrap.top - height - 4; // no room below: above
+    top = Math.max(4, Math.min(top, wrap.height - height - 4));
+    this.menu.style.top = `${Math.round(top)}px`;
+    this.menu.style.right = `${Math.max(4, Math.round(wrap.right - b.right))}px`;
+  }
+
+  cancelLongPress() {
+    if (!this.longPress) return;
+    clearTimeout(this.longPress.timer);
+    this.longPress = null;
+  }
+
+  /** Asks before unsending (a modal dialog; Cancel has the focus). */
+  askUnsend(key) {
+    const li = key && this.nodes.get(key);
+    const seq = li && Number(li.dataset.seq);
+    this.closeMenu({ restoreFocus: false });
+    if (!seq || !this.roomId) return;
+    this.pendingUnsend = { key, seq, roomId: this.roomId };
+    this.dialog.returnValue = "";
+    this.dialog.showModal();
+    this.confirmCancel.focus();
+  }
+
+  async onConfirmClosed() {
+    const pending = this.pendingUnsend;
+    this.pendingUnsend = null;
+    if (!pending) return;
+    const opener = () => this.nodes.get(pending.key)?.querySelector('button[data-action="menu"]');
+    if (this.dialog.returnValue !== "confirm" || pending.roomId !== this.roomId) {
+      (opener() || this.history).focus({ preventScroll: true });
+      return;
+    }
+    this.unsending.add(pending.key);
+    this.msgErrors.delete(pending.key);
+    this.renderNow({ messages: true });
+    this.history.focus({ preventScroll: true });
+    try {
+      await this.client.unsend(pending.roomId, pending.seq);
+    } catch (err) {
+      if (pending.roomId === this.roomId) this.msgErrors.set(pending.key, unsendErrorText(err));
+    } finally {
+      this.unsending.delete(pending.key);
+    }
+    if (pending.roomId !== this.roomId) return;
+    this.renderNow({ messages: true, rooms: true });
+    // Refused: back on the message's button (its reason is announced, role=alert). Unsent:
+    // the message has no menu any more; the focus stays on the list.
+    const button = opener();
+    if (button && this.history.contains(document.activeElement)) button.focus({ preventScroll: true });
   }
 
   showNewMarker(added) {
@@ -614,7 +1031,7 @@ class ChatView {
   announce({ roomId, message, own }) {
     if (own) return;
     const room = this.client.getRoom(roomId);
-    if (roomId === this.roomId) this.say(`${message.sender_id}: ${message.body}`);
+    if (roomId === this.roomId) this.say(`${message.sender_id}: ${message.body ?? DELETED_TEXT}`);
     else this.say(`New message from ${room ? room.peer : message.sender_id}`);
   }
 
