@@ -7,8 +7,6 @@ import { createServer } from "node:http";
 import {
   WAIT,
   RECONNECT_WAIT,
-  startServer,
-  removeDir,
   launchBrowser,
   launchTabbedBrowser,
   openAs,
@@ -20,6 +18,9 @@ import {
   fetchHistory,
   serviceApi,
   sendRaw,
+  serverFor,
+  assertNoPageErrors,
+  assertUniqueContiguous,
 } from "./lib/harness.mjs";
 import { validateBody } from "../../web/chat-client.js";
 
@@ -39,35 +40,6 @@ after(async () => {
   await browser?.close();
 });
 
-/** A server for one test, stopped (SIGTERM by PID) and cleaned up at the end whatever happens. */
-async function serverFor(t, env = {}) {
-  const server = await startServer({ env });
-  let current = server;
-  const handle = {
-    get url() {
-      return current.url;
-    },
-    get pid() {
-      return current.pid;
-    },
-    get env() {
-      return current.env;
-    },
-    kill: () => current.kill(),
-    stop: () => current.stop(),
-    async restart() {
-      current = await current.restart();
-      return current;
-    },
-  };
-  const dir = server.dir;
-  t.after(async () => {
-    await current.stop();
-    if (!process.env.KEEP_TEST_DIRS) removeDir(dir);
-  });
-  return handle;
-}
-
 /** A browser context closed at the end of the test. */
 async function contextFor(t, options = {}) {
   const ctx = await browser.newContext({ viewport: DESKTOP, colorScheme: "light", ...options });
@@ -75,16 +47,18 @@ async function contextFor(t, options = {}) {
   return ctx;
 }
 
-function assertNoPageErrors(page, allow = []) {
-  const errors = page.errors.filter((e) => !allow.some((re) => re.test(e)));
-  assert.deepEqual(errors, [], "page errors or console errors (CSP violations show up here too)");
-}
-
-function assertUniqueContiguous(list, what) {
-  const seqs = list.map((m) => m.seq);
-  assert.ok(seqs.every((s) => Number.isInteger(s)), `${what}: every message has a seq: ${JSON.stringify(seqs)}`);
-  assert.equal(new Set(seqs).size, seqs.length, `${what}: seqs are unique: ${JSON.stringify(seqs)}`);
-  for (let i = 1; i < seqs.length; i += 1) assert.equal(seqs[i], seqs[i - 1] + 1, `${what}: seqs ascend without gaps: ${JSON.stringify(seqs)}`);
+/**
+ * A message's recorded states: `expected`, except that "delivered" may show between "sent"
+ * and "seen" (protocol 1.1: a seen receipt is broadcast as delivered then seen, and the page
+ * may render both in one frame).
+ */
+function assertStates(actual, expected, what) {
+  const withDelivered = [...expected];
+  withDelivered.splice(expected.indexOf("seen"), 0, "delivered");
+  assert.ok(
+    JSON.stringify(actual) === JSON.stringify(expected) || JSON.stringify(actual) === JSON.stringify(withDelivered),
+    `${what}: ${JSON.stringify(actual)} is ${JSON.stringify(expected)} (with or without "delivered" before "seen")`,
+  );
 }
 
 test("alice and bob exchange messages both ways; states go sending -> sent -> seen", async (t) => {
@@ -99,13 +73,13 @@ test("alice and bob exchange messages both ways; states go sending -> sent -> se
   const bob = await openAs(browser, server.url, "bob", { context: await contextFor(t, { viewport: PHONE }) });
   await waitMessage(bob, first, ["seen"]); // on Bob's side "seen" means Bob has seen it
   await waitMessage(alice, first, ["seen"]);
-  assert.deepEqual(await statesOf(alice, first), ["sending", "sent", "seen"]);
+  assertStates(await statesOf(alice, first), ["sending", "sent", "seen"], "Alice's first");
 
   const reply = "Hello Alice!\nNice to meet you.";
   await sendViaComposer(bob, reply);
   await waitMessage(alice, reply, ["seen"]);
   await waitMessage(bob, reply, ["seen"]);
-  assert.deepEqual(await statesOf(bob, reply), ["sending", "sent", "seen"]);
+  assertStates(await statesOf(bob, reply), ["sending", "sent", "seen"], "Bob's reply");
 
   for (const [page, me] of [
     [alice, "alice"],
@@ -355,13 +329,15 @@ test("a hidden tab does not mark messages seen; showing it again does", async (t
   const hiddenBodies = ["Hello?", "Still there?", "Ping 🏓"];
   for (const body of hiddenBodies) await sendViaComposer(alice, body);
   for (const body of hiddenBodies) await waitMessage(bob, body, ["sent"]); // in Bob's DOM, not seen
+  // Bob's device got them, though: delivered (protocol 1.1), a hidden tab included.
+  for (const body of hiddenBodies) await waitMessage(alice, body, ["delivered"]);
   // Ask the page to flush seen right now, as if its observer had fired: it must refuse while
   // hidden. Then give it an observation window (a negative check needs one): no frame goes out.
   await bob.evaluate(() => window.matchchat.view.view.flushSeen());
   const until = Date.now() + 1500;
   await bob.waitForFunction((until) => Date.now() >= until, until, { timeout: WAIT, polling: 100 });
   assert.equal(seenFrames().length, 1, "no seen frame while hidden");
-  for (const m of (await messages(alice)).filter((x) => hiddenBodies.includes(x.body))) assert.equal(m.state, "sent");
+  for (const m of (await messages(alice)).filter((x) => hiddenBodies.includes(x.body))) assert.equal(m.state, "delivered");
   const unread = await bob.locator('[data-testid="room"]').getAttribute("data-unread");
   assert.equal(unread, "3");
 
@@ -589,7 +565,7 @@ test("rooms: unread counts, a closed room disables the composer, room_opened add
   await sendViaComposer(alice, "one");
   await sendViaComposer(alice, "two");
   await bob.waitForFunction(() => document.querySelector('[data-testid="room"]')?.dataset.unread === "2", null, { timeout: WAIT });
-  await waitMessage(alice, "two", ["sent"]);
+  await waitMessage(alice, "two", ["sent", "delivered"]);
   assert.equal((await messages(alice)).filter((m) => m.state === "seen").length, 0, "not seen while Bob is on the list");
   await bobRoom.first().click();
   await waitMessage(alice, "two", ["seen"]);
@@ -614,7 +590,7 @@ test("rooms: unread counts, a closed room disables the composer, room_opened add
   await alice.locator(`[data-testid="room"][data-room-id="${opened.room_id}"]`).click();
   assert.equal(await alice.locator('[data-testid="composer"]').isEnabled(), true);
   await sendViaComposer(alice, "hello again");
-  await waitMessage(alice, "hello again", ["sent"]);
+  await waitMessage(alice, "hello again", ["sent", "delivered"]);
   await bob.getByRole("button", { name: "Back to conversations" }).click();
   await bob.waitForFunction((id) => document.querySelector(`[data-testid="room"][data-room-id="${id}"]`)?.dataset.unread === "1", opened.room_id, { timeout: WAIT });
   assertNoPageErrors(alice);

@@ -78,4 +78,4 @@ if [[ $SCREENSHOTS -eq 1 ]]; then
 fi
 
 say "node --test"
-exec node --test --test-reporter=spec --test-concurrency=1 "$@" client.test.mjs chat.test.mjs
+exec node --test --test-reporter=spec --test-concurrency=1 "$@" client.test.mjs chat.test.mjs protocol11.test.mjs

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, createWriteStream, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
@@ -120,6 +121,68 @@ export async function startServer({ dir = tempDir(), port = 0, env = {} } = {}) 
   return server;
 }
 
+/**
+ * A server for one test (node:test's `t`), stopped (SIGTERM by PID) and its folder removed at
+ * the end whatever happens. The handle follows restarts.
+ */
+export async function serverFor(t, env = {}) {
+  const server = await startServer({ env });
+  let current = server;
+  const handle = {
+    get url() {
+      return current.url;
+    },
+    get pid() {
+      return current.pid;
+    },
+    get env() {
+      return current.env;
+    },
+    kill: () => current.kill(),
+    stop: () => current.stop(),
+    async restart() {
+      current = await current.restart();
+      return current;
+    },
+  };
+  const dir = server.dir;
+  t.after(async () => {
+    await current.stop();
+    if (!process.env.KEEP_TEST_DIRS) removeDir(dir);
+  });
+  return handle;
+}
+
+export function assertNoPageErrors(page, allow = []) {
+  const errors = page.errors.filter((e) => !allow.some((re) => re.test(e)));
+  assert.deepEqual(errors, [], "page errors or console errors (CSP violations show up here too)");
+}
+
+export function assertUniqueContiguous(list, what) {
+  const seqs = list.map((m) => m.seq);
+  assert.ok(seqs.every((s) => Number.isInteger(s)), `${what}: every message has a seq: ${JSON.stringify(seqs)}`);
+  assert.equal(new Set(seqs).size, seqs.length, `${what}: seqs are unique: ${JSON.stringify(seqs)}`);
+  for (let i = 1; i < seqs.length; i += 1) assert.equal(seqs[i], seqs[i - 1] + 1, `${what}: seqs ascend without gaps: ${JSON.stringify(seqs)}`);
+}
+
+/**
+ * Every frame a page sent (openAs records them) carries a `req` of 1..64 characters, unique
+ * per connection: the page names each of its requests. Returns the frames.
+ */
+export function assertEveryFrameHasReq(page) {
+  const frames = page.sentFrames;
+  assert.ok(frames.length > 0, "the page sent frames");
+  const seen = new Set();
+  for (const f of frames) {
+    assert.equal(typeof f.frame.req, "string", `a req on ${JSON.stringify(f.frame)}`);
+    assert.ok(f.frame.req.length >= 1 && f.frame.req.length <= 64, `req of 1..64 characters: ${JSON.stringify(f.frame)}`);
+    const key = `${f.socket}:${f.frame.req}`;
+    assert.ok(!seen.has(key), `req used twice on one connection: ${JSON.stringify(f.frame)}`);
+    seen.add(key);
+  }
+  return frames.map((f) => f.frame);
+}
+
 export function removeDir(dir) {
   try {
     // Retries: a browser's helper processes may still be writing for a moment after it exits.
@@ -203,6 +266,30 @@ export async function openAs(browser, baseUrl, user, { viewport, context, colorS
   const p = page || (await ctx.newPage());
   if (context && viewport) await p.setViewportSize(viewport);
   p.errors = [];
+  // Every WebSocket frame of the page, parsed: `sentFrames` ({socket, frame}, socket = the
+  // connection's number) and `receivedFrames` (frames).
+  p.sentFrames = [];
+  p.receivedFrames = [];
+  let sockets = 0;
+  p.on("websocket", (ws) => {
+    sockets += 1;
+    const socket = sockets;
+    const parse = (payload) => {
+      try {
+        return JSON.parse(String(payload));
+      } catch {
+        return null;
+      }
+    };
+    ws.on("framesent", (f) => {
+      const frame = parse(f.payload);
+      if (frame) p.sentFrames.push({ socket, frame });
+    });
+    ws.on("framereceived", (f) => {
+      const frame = parse(f.payload);
+      if (frame) p.receivedFrames.push(frame);
+    });
+  });
   p.on("pageerror", (e) => p.errors.push(e.message));
   p.on("console", (m) => {
     if (m.type() === "error") p.errors.push(m.text());
@@ -232,6 +319,7 @@ export function messages(page) {
       sender: e.dataset.sender,
       body: e.querySelector(".body")?.textContent ?? "",
       clientMsgId: e.dataset.clientMsgId,
+      deleted: e.dataset.deleted === "true",
     })),
   );
 }
@@ -244,7 +332,7 @@ export async function sendViaComposer(page, text) {
 }
 
 /** Waits until a message with this body is in the DOM in one of `states`. */
-export async function waitMessage(page, body, states = ["sent", "seen"], timeout = WAIT) {
+export async function waitMessage(page, body, states = ["sent", "delivered", "seen"], timeout = WAIT) {
   await page.waitForFunction(
     ({ body, states }) =>
       [...document.querySelectorAll('[data-testid="message"]')].some(
