@@ -823,7 +823,7 @@ class ChatView {
 
   fillMessage(el, w) {
     const { item } = w;
-    const deleted = Boolean(item.deleted_at);
+    const deleted = Boolean(item.deleted_at) || (item.seq != null && item.body == null);
     // One's own stored message can be unsent (protocol 1.1), from its menu.
     const actionable = item.own && item.seq != null && !deleted && this.client.canUnsend;
     const unsending = this.unsending.has(w.key);

@@ -219,7 +219,7 @@ test("unsend from the keyboard, right-click and long-press, confirmed; deleted o
   assert.equal(await alice.evaluate(() => document.activeElement.textContent), "Cancel");
   await alice.keyboard.press("Escape");
   await dialog.waitFor({ state: "hidden", timeout: WAIT });
-  assert.equal(await active(alice), "message-actions");
+  await alice.waitForFunction(() => document.activeElement?.dataset.testid === "message-actions", null, { timeout: WAIT });
   assert.equal(alice.sentFrames.filter((f) => f.frame.type === "delete").length, 0, "cancelled: nothing sent");
   assert.equal(await messageEl(alice, "oops one").getAttribute("data-deleted"), null);
   // Again, and this time confirm (Tab to "Unsend", Enter).

@@ -1,6 +1,7 @@
 // Takes the documentation screenshots (docs/img/) of a real conversation on a real server:
 //   tests/browser/run.sh --screenshots
-// desktop.png (1280x800, alice), phone.png (390x844, bob), phone-dark.png (390x844, dark).
+// desktop.png (1280x800, alice: Bob typing…, her last message delivered, Carol "active … ago"),
+// phone.png (390x844, bob: Alice online, an unsent message), phone-dark.png (390x844, dark).
 
 import { join } from "node:path";
 import { mkdirSync } from "node:fs";
@@ -78,17 +79,35 @@ try {
     await sendViaComposer(page, body);
     await waitMessage(alice, body, ["seen"]);
     await waitMessage(bob, body, ["seen"]);
+    if (body.startsWith("Coffee")) {
+      // Alice writes to the wrong chat and unsends it: it stays as "This message was deleted".
+      const oops = "Oops, that was meant for my sister 🙈";
+      await sendViaComposer(alice, oops);
+      await waitMessage(bob, oops, ["seen"]);
+      const seq = await alice.evaluate((oops) => {
+        const { client } = window.matchchat;
+        const room = client.getRooms().find((r) => r.peer === "bob").room_id;
+        const m = client.getMessages(room).find((x) => x.body === oops);
+        return client.unsend(room, m.seq).then(() => m.seq);
+      }, oops);
+      await bob.waitForFunction((seq) => document.querySelector(`[data-testid="message"][data-seq="${seq}"]`)?.dataset.deleted === "true", seq, { timeout: WAIT });
+    }
   }
   await bob.locator('[data-testid="composer"]').fill("See you there! 🙌");
   await bob.locator('[data-testid="composer"]').blur();
+  await bob.waitForFunction(() => document.querySelector('[data-testid="presence"]')?.dataset.online === "true", null, { timeout: WAIT });
   await bob.screenshot({ path: join(OUT, "phone.png"), animations: "disabled" });
   await bob.emulateMedia({ colorScheme: "dark" });
   await bob.screenshot({ path: join(OUT, "phone-dark.png"), animations: "disabled" });
-  await bob.close();
 
-  // Bob is gone: Alice's last one stays "sent" (one tick) while the others are "seen".
-  await sendViaComposer(alice, "Ha, deal. See you there!\nI'll bring the trail snacks 🍫");
-  await waitMessage(alice, "Ha, deal. See you there!\nI'll bring the trail snacks 🍫", ["sent"]);
+  // Bob goes back to his list: Alice's last one is delivered (his phone got it), not seen.
+  // Then he starts typing: "typing…" under his name on Alice's screen.
+  await bob.getByRole("button", { name: "Back to conversations" }).click();
+  const last = "Ha, deal. See you there!\nI'll bring the trail snacks 🍫";
+  await sendViaComposer(alice, last);
+  await waitMessage(alice, last, ["delivered"]);
+  await bob.evaluate(() => window.matchchat.client.typing(window.matchchat.client.getRooms()[0].room_id));
+  await alice.locator('[data-testid="typing"]').waitFor({ state: "visible", timeout: WAIT });
   await alice.locator('[data-testid="composer"]').fill("Can't wait");
   await alice.locator('[data-testid="composer"]').blur();
   await alice.waitForFunction(() => document.fonts.status === "loaded", null, { timeout: WAIT });
