@@ -27,6 +27,7 @@ mod error;
 mod metrics;
 mod moderation;
 mod origin;
+mod presence;
 mod privacy;
 mod ratelimit;
 mod registry;
@@ -143,6 +144,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         store.clone(),
         clock.clone(),
         writers,
+        &node,
         engine,
     );
     let registry = handles.registry.clone();
@@ -156,6 +158,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         origins: OriginPolicy::new(config.origins()),
         limiter: handles.limiter,
         requests: handles.requests,
+        typing: handles.typing,
         key_failures: handles.key_failures,
         page_csp: assets::content_security_policy(&frame_ancestors),
         frame_ancestors,
