@@ -331,6 +331,7 @@ test("a refused unsend (its window has passed) shows why, next to the message", 
 
 test("the room list loads its next page when scrolled to its end (more than 200 rooms)", async (t) => {
   const server = await serverFor(t, { CHAT_SERVICE_KEY: "e2e-service-key-0123456789abcdef0123" });
+  // Alice has the demo's room with Bob (the oldest) and 205 more: 206.
   const peers = Array.from({ length: 205 }, (_, i) => `m${String(i).padStart(3, "0")}`);
   // The five oldest one by one (their order is then certain), the rest in parallel.
   for (const p of peers.slice(0, 5)) await serviceApi(server, "POST", "/api/rooms", { members: ["alice", p] });
@@ -351,7 +352,7 @@ test("the room list loads its next page when scrolled to its end (more than 200 
   await alice.locator(".room-list").evaluate((el) => {
     el.scrollTop = el.scrollHeight;
   });
-  await alice.waitForFunction(() => document.querySelectorAll('[data-testid="room"]').length === 205, null, { timeout: WAIT });
+  await alice.waitForFunction(() => document.querySelectorAll('[data-testid="room"]').length === 206, null, { timeout: WAIT });
   await alice.locator('[data-testid="more-rooms"]').waitFor({ state: "detached", timeout: WAIT });
   const asked = alice.sentFrames.map((f) => f.frame).filter((f) => f.type === "rooms");
   assert.equal(asked.length, 1);
@@ -362,11 +363,11 @@ test("the room list loads its next page when scrolled to its end (more than 200 
   assert.equal(reply.req, asked[0].req);
   assert.equal(reply.more_rooms, false);
   const ids = await rooms.evaluateAll((els) => els.map((e) => e.dataset.roomId));
-  assert.equal(new Set(ids).size, 205, "every room once");
+  assert.equal(new Set(ids).size, 206, "every room once");
   const names = await alice.locator('[data-testid="room"] .room-name').allTextContents();
-  assert.deepEqual([...names].sort(), peers);
-  // Newest activity first: the five rooms opened first are the ones the second page brought.
-  assert.deepEqual([...names.slice(200)].sort(), peers.slice(0, 5));
+  assert.deepEqual([...names].sort(), ["bob", ...peers].sort());
+  // Newest activity first: the six rooms opened first are the ones the second page brought.
+  assert.deepEqual(names.slice(200), [...peers.slice(0, 5)].reverse().concat("bob"));
   assertEveryFrameHasReq(alice);
   assertNoPageErrors(alice);
 });

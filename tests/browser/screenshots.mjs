@@ -96,6 +96,8 @@ try {
   await bob.locator('[data-testid="composer"]').fill("See you there! 🙌");
   await bob.locator('[data-testid="composer"]').blur();
   await bob.waitForFunction(() => document.querySelector('[data-testid="presence"]')?.dataset.online === "true", null, { timeout: WAIT });
+  // The pointer rests where the login button was: away with it, or it hovers a message.
+  await bob.mouse.move(1, 1);
   await bob.screenshot({ path: join(OUT, "phone.png"), animations: "disabled" });
   await bob.emulateMedia({ colorScheme: "dark" });
   await bob.screenshot({ path: join(OUT, "phone-dark.png"), animations: "disabled" });
@@ -106,10 +108,12 @@ try {
   const last = "Ha, deal. See you there!\nI'll bring the trail snacks 🍫";
   await sendViaComposer(alice, last);
   await waitMessage(alice, last, ["delivered"]);
-  await bob.evaluate(() => window.matchchat.client.typing(window.matchchat.client.getRooms()[0].room_id));
+  // (His composer sent one a moment ago: the client lets the next go after 3 s.)
+  await bob.waitForFunction(() => window.matchchat.client.typing(window.matchchat.client.getRooms()[0].room_id), null, { timeout: WAIT, polling: 200 });
   await alice.locator('[data-testid="typing"]').waitFor({ state: "visible", timeout: WAIT });
   await alice.locator('[data-testid="composer"]').fill("Can't wait");
   await alice.locator('[data-testid="composer"]').blur();
+  await alice.mouse.move(1, 1);
   await alice.waitForFunction(() => document.fonts.status === "loaded", null, { timeout: WAIT });
   await alice.screenshot({ path: join(OUT, "desktop.png"), animations: "disabled" });
   console.log(`screenshots written to ${OUT}`);
