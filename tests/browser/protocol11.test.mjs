@@ -146,6 +146,28 @@ test("presence: the match's online dot and 'active … ago' follow their connect
   assertNoPageErrors(alice);
 });
 
+test("with CHAT_PRESENCE=off no presence shows, and the rest of 1.1 still works", async (t) => {
+  const server = await serverFor(t, { CHAT_PRESENCE: "off" });
+  const alice = await openAs(browser, server.url, "alice", { context: await contextFor(t) });
+  const bob = await openAs(browser, server.url, "bob", { context: await contextFor(t, { viewport: PHONE }) });
+  await sendViaComposer(bob, "no dots here");
+  await waitMessage(alice, "no dots here");
+  await waitMessage(bob, "no dots here", ["seen"]);
+  const ready = alice.receivedFrames.find((f) => f.type === "ready");
+  assert.equal(ready.protocol, "1.1");
+  assert.ok(ready.rooms.every((r) => !("peer" in r)), "no peer in the summaries");
+  assert.equal(alice.receivedFrames.filter((f) => f.type === "presence").length, 0);
+  // Bob is connected, yet nothing claims anything about his presence.
+  assert.equal(await alice.locator('[data-testid="presence"]').count(), 0);
+  assert.equal(await alice.locator(".presence-dot:visible").count(), 0);
+  assert.equal(await alice.locator(".room-presence").count(), 0);
+  assert.match(await alice.locator('[data-testid="room"]').getAttribute("aria-label"), /^bob(, \d+ unread)?$/);
+  // Unsend is still there.
+  assert.equal(await messageEl(bob, "no dots here").locator('[data-testid="message-actions"]').count(), 1);
+  assertNoPageErrors(alice);
+  assertNoPageErrors(bob);
+});
+
 test("delivered then seen: the match's device acknowledges receipt (batched) before they look", async (t) => {
   const server = await serverFor(t);
   const alice = await openAs(browser, server.url, "alice", { context: await contextFor(t) });
