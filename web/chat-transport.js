@@ -229,6 +229,12 @@ export class ChatTransport {
       this.#setState("closed", reason);
       return;
     }
+    if (code === CLOSE.ACCOUNT_DELETED.code && reason === CLOSE.ACCOUNT_DELETED.reason) {
+      // The host app erased this user: there is nothing to reconnect to.
+      this.#token = null;
+      this.#setState("closed", reason);
+      return;
+    }
     if (code === CLOSE.UNAUTHORIZED.code && AUTH_FAILURE_REASONS.has(reason)) {
       // The token is bad or expired: get a new one, or wait for setToken().
       this.#token = null;

@@ -407,13 +407,25 @@ pub mod api {
     }
 
     /// One room in a user's export (`GET /api/users/{user_id}/export`): the room, its
-    /// members and times, and every message in it, sent or received, oldest first.
+    /// members and times, the seen and delivered marks both ways, and every message in it,
+    /// sent or received, oldest first (tombstones included; each message has its own
+    /// `seen_at`).
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct ExportedRoom {
         pub room_id: RoomId,
         pub members: Vec<UserId>,
         pub created_at: Timestamp,
         pub closed_at: Option<Timestamp>,
+        /// How far the user has seen / received the other member's messages.
+        #[serde(default)]
+        pub seen_up_to: u64,
+        #[serde(default)]
+        pub delivered_up_to: u64,
+        /// How far the other member has seen / received the user's messages.
+        #[serde(default)]
+        pub peer_seen_up_to: u64,
+        #[serde(default)]
+        pub peer_delivered_up_to: u64,
         pub messages: Vec<Message>,
     }
 

@@ -36,6 +36,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::delete().to(crate::moderation::delete_message)),
                 )
                 .service(
+                    resource("/users/{user_id}").route(web::delete().to(crate::privacy::erase)),
+                )
+                .service(
                     resource("/users/{user_id}/export")
                         .route(web::get().to(crate::privacy::export)),
                 )

@@ -63,6 +63,11 @@ pub struct Config {
     )]
     pub unsend_window_secs: u64,
 
+    /// Days after which message bodies are erased by a background task (tombstones, in
+    /// small batches, hourly). Unset: kept for ever.
+    #[arg(long = "retention-days", env = "CHAT_RETENTION_DAYS")]
+    pub retention_days: Option<u64>,
+
     /// Presence of matches (protocol 1.1): `on`, or `off` to turn the feature off entirely
     /// (no `peer` in room summaries, no `presence` frames, nothing recorded).
     #[arg(long = "presence", env = "CHAT_PRESENCE", default_value = "on", value_parser = ["on", "off"])]
@@ -285,6 +290,11 @@ impl Config {
         if self.write_timeout_secs == 0 || self.max_token_ttl_secs == 0 {
             return Err(ConfigError::Invalid(
                 "CHAT_WRITE_TIMEOUT_SECS and CHAT_MAX_TOKEN_TTL_SECS must be at least 1".into(),
+            ));
+        }
+        if self.retention_days == Some(0) {
+            return Err(ConfigError::Invalid(
+                "CHAT_RETENTION_DAYS must be at least 1 (unset it to keep messages)".into(),
             ));
         }
         if self.max_connections_per_user == 0 || self.max_batch == 0 {

@@ -1,13 +1,17 @@
 //! Privacy-law requests (GDPR/CCPA), for the host app (service key): everything stored about
-//! a user, as one JSON document. (Erasure comes with tombstones, protocol 1.1.)
+//! a user, as one JSON document; erasure of a user; and retention (`CHAT_RETENTION_DAYS`).
 //!
 //! The export is streamed: rooms one after another, each room's messages read 300 at a time,
 //! so a user with 100k messages costs the server one page of memory, not the whole export.
+//!
+//! Erasure and retention erase bodies in transactions of at most [`ERASE_BATCH`] rows of one
+//! room (tombstones, like unsend), so no lock is held for long whatever the user's history:
+//! the chat goes on while a user with 100k messages is erased.
 
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chat_domain::protocol::api::ExportedRoom;
-use chat_domain::{HISTORY_WINDOW, HistoryPage, UserId};
+use chat_domain::{Clock, HISTORY_WINDOW, HistoryPage, Timestamp, UserId};
 use chat_store::Repository;
 use tokio::sync::mpsc;
 
@@ -15,8 +19,121 @@ use crate::api::{parse_user, require_service_key};
 use crate::error::ServerError;
 use crate::state::AppState;
 
+/// Bodies erased per transaction (erasure, retention).
+pub const ERASE_BATCH: u32 = 1_000;
+
+/// `DELETE /api/users/{user_id}`: erasure. Every body the user sent is erased (tombstones:
+/// `body` null, `deleted_at` set), their open rooms are closed (`room_closed` live to the
+/// other members), their connections on every node are closed with 1008
+/// `account_deleted`, and their presence goes. Idempotent; answers with counts:
+/// `{"user_id","messages_erased","rooms_closed"}` (a second call: zeros). A user the server
+/// never saw: zeros, not an error.
+pub async fn erase(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ServerError> {
+    require_service_key(&req, &state)?;
+    let user = parse_user(&path.into_inner())?;
+    let rooms = state.store.rooms_of_member(&user).await?;
+    tracing::info!(user = %user, rooms = rooms.len(), "erasure started");
+    // Connections first: nothing new is sent under the user's name while the rest goes.
+    state.registry.erase_user(user.clone()).await;
+    let mut erased = 0u64;
+    for room in &rooms {
+        loop {
+            let n = state
+                .store
+                .erase_sent(&room.id, &user, state.clock.now(), ERASE_BATCH)
+                .await?;
+            erased += n;
+            if n > 0 && erased % 10_000 < n {
+                tracing::info!(user = %user, erased, "erasure in progress");
+            }
+            if n < u64::from(ERASE_BATCH) {
+                break;
+            }
+        }
+    }
+    let mut closed = 0u64;
+    for room in rooms.iter().filter(|r| !r.is_closed()) {
+        state.store.close_room(&room.id, state.clock.now()).await?;
+        closed += 1;
+    }
+    state.store.forget_presence(&user).await?;
+    tracing::info!(user = %user, messages_erased = erased, rooms_closed = closed, "erasure finished");
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "user_id": user,
+        "messages_erased": erased,
+        "rooms_closed": closed,
+    })))
+}
+
+/// Retention (`CHAT_RETENTION_DAYS`): every hour, a pass over every room erases the bodies
+/// sent before the cutoff, [`ERASE_BATCH`] at a time, logging its progress. Several nodes may
+/// run it at once: erasing is idempotent.
+pub fn spawn_retention(
+    store: std::sync::Arc<dyn Repository>,
+    clock: std::sync::Arc<dyn Clock>,
+    days: u64,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = clock.now();
+            let age = i64::try_from(days.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX);
+            let Ok(cutoff) = Timestamp::from_unix_micros(now.unix_micros().saturating_sub(age))
+            else {
+                continue;
+            };
+            match retention_pass(store.as_ref(), clock.as_ref(), cutoff).await {
+                Ok((rooms, erased)) => {
+                    tracing::info!(rooms, erased, days, "retention pass finished");
+                }
+                Err(error) => tracing::warn!(%error, "retention pass failed; the next one retries"),
+            }
+        }
+    })
+}
+
+/// One pass: every room, by id, its old bodies erased. Returns (rooms seen, bodies erased).
+pub async fn retention_pass(
+    store: &dyn Repository,
+    clock: &dyn Clock,
+    cutoff: Timestamp,
+) -> Result<(u64, u64), chat_store::StoreError> {
+    let (mut seen, mut erased) = (0u64, 0u64);
+    let mut after = None;
+    loop {
+        let ids = store.room_ids_after(after.clone(), 500).await?;
+        let Some(last) = ids.last().cloned() else {
+            return Ok((seen, erased));
+        };
+        for id in &ids {
+            loop {
+                let n = store
+                    .erase_older_than(id, cutoff, clock.now(), ERASE_BATCH)
+                    .await?;
+                erased += n;
+                if n < u64::from(ERASE_BATCH) {
+                    break;
+                }
+            }
+        }
+        seen += ids.len() as u64;
+        if seen % 10_000 < ids.len() as u64 {
+            tracing::info!(rooms = seen, erased, "retention pass in progress");
+        }
+        after = Some(last);
+    }
+}
+
 /// `GET /api/users/{user_id}/export`:
 /// `{"user_id":U,"exported_at":T,"rooms":[{"room_id","members","created_at","closed_at",
+/// "seen_up_to","delivered_up_to","peer_seen_up_to","peer_delivered_up_to",
 /// "messages":[M...]}...]}`. A user the server never saw gets `"rooms":[]`.
 pub async fn export(
     req: HttpRequest,
@@ -68,11 +185,19 @@ async fn export_room(
     tx: &mpsc::Sender<Result<Bytes, ServerError>>,
 ) -> Result<(), ServerError> {
     let room = store.room(room_id).await?;
+    // The user's own marks are what the other member sees as "peer" marks.
+    let mine = store.room_summary(room_id, user).await?;
+    let other = room.members.other(user)?;
+    let theirs = store.room_summary(room_id, other).await?;
     let fields = ExportedRoom {
         room_id: room.id.clone(),
         members: room.members.as_slice().to_vec(),
         created_at: room.created_at,
         closed_at: room.closed_at,
+        seen_up_to: theirs.peer_seen_up_to,
+        delivered_up_to: theirs.peer_delivered_up_to,
+        peer_seen_up_to: mine.peer_seen_up_to,
+        peer_delivered_up_to: mine.peer_delivered_up_to,
         messages: Vec::new(),
     };
     // The room's fields with an open `messages` array: `{...,"messages":[`.

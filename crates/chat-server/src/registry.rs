@@ -43,6 +43,8 @@ pub enum Kick {
     Shutdown,
     /// The registry lost events; the client must reconnect and catch up.
     Resync,
+    /// The user's account was erased (`DELETE /api/users/{id}`).
+    AccountDeleted,
 }
 
 impl Kick {
@@ -52,6 +54,7 @@ impl Kick {
             Self::SlowConsumer => Close::SlowConsumer,
             Self::Shutdown => Close::ServerShutdown,
             Self::Resync => Close::Resync,
+            Self::AccountDeleted => Close::AccountDeleted,
         }
     }
 }
@@ -121,6 +124,10 @@ enum Command {
     Ephemeral {
         users: Vec<UserId>,
         frame: String,
+    },
+    /// Closes every connection of `user` with 1008 `account_deleted`, on every node.
+    EraseUser {
+        user: UserId,
     },
     Unregister {
         user: UserId,
@@ -236,6 +243,12 @@ impl RegistryHandle {
             .commands
             .send(Command::Ephemeral { users, frame })
             .await;
+    }
+
+    /// Closes every connection of an erased user (1008 `account_deleted`), here and on the
+    /// other nodes.
+    pub async fn erase_user(&self, user: UserId) {
+        let _ = self.commands.send(Command::EraseUser { user }).await;
     }
 
     /// Closes every connection with 1001 and refuses new ones.
@@ -492,6 +505,7 @@ impl Registry {
             Item::RoomClosed { room, members, .. } => {
                 self.deliver(&members, &ServerFrame::RoomClosed { room_id: room });
             }
+            Item::Erased { user } => self.kick_user(&user, Kick::AccountDeleted),
             Item::Ephemeral { users, frame } => self.deliver_text(
                 &users,
                 "ephemeral",
@@ -595,6 +609,14 @@ impl Registry {
                 self.report_presence(&user, before);
                 self.publish_count();
             }
+            Command::EraseUser { user } => {
+                if let Some(out) = &self.ephemeral_out
+                    && out.try_send(Item::Erased { user: user.clone() }).is_err()
+                {
+                    tracing::warn!(user = %user, "cluster publisher busy; the erased user's connections on other nodes stay until they reconnect");
+                }
+                self.kick_user(&user, Kick::AccountDeleted);
+            }
             Command::Ephemeral { users, frame } => {
                 let kind = "ephemeral";
                 if let Some(out) = &self.ephemeral_out {
@@ -688,6 +710,15 @@ impl Registry {
         let n: usize = self.users.values().map(Vec::len).sum();
         metrics::gauge!(crate::metrics::CONNECTIONS).set(n as f64);
         self.count.send_replace(n);
+    }
+
+    fn kick_user(&mut self, user: &UserId, why: Kick) {
+        if let Some(conns) = self.users.get_mut(user) {
+            tracing::info!(user = %user, connections = conns.len(), ?why, "closing the user's connections");
+            for conn in conns.iter_mut() {
+                conn.kick(why);
+            }
+        }
     }
 
     fn kick_all(&mut self, why: Kick) {

@@ -40,6 +40,8 @@ const WRITERS_GRACE: Duration = Duration::from_secs(10);
 /// Ephemeral frames (typing, presence) waiting for the cluster publisher; beyond, they
 /// stay local (they are hints, and late ones are useless).
 const EPHEMERAL_QUEUE: usize = 4096;
+/// How often a retention pass runs (`CHAT_RETENTION_DAYS`).
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// How long shutdown waits for sockets to close.
 const SOCKETS_GRACE: Duration = Duration::from_secs(5);
 
@@ -61,6 +63,7 @@ pub struct Services {
     housekeeping: JoinHandle<()>,
     publisher: Option<Publisher>,
     presence: Option<JoinHandle<()>>,
+    retention: Option<JoinHandle<()>>,
 }
 
 impl Services {
@@ -120,6 +123,10 @@ impl Services {
                 changes,
             )
         });
+        let retention = config.retention_days.map(|days| {
+            tracing::info!(days, "retention on: older bodies are erased hourly");
+            crate::privacy::spawn_retention(store.clone(), clock.clone(), days, RETENTION_EVERY)
+        });
         let (writer, writer_tasks) =
             WriterHandle::spawn(store, clock, writers, config.max_batch, WRITER_QUEUE);
         let limiter = SendLimiter::new(config.rate_per_sec, config.rate_burst);
@@ -135,6 +142,7 @@ impl Services {
             housekeeping,
             publisher,
             presence,
+            retention,
         };
         let handles = Handles {
             registry,
@@ -168,6 +176,10 @@ impl Services {
         // successor) reap them after NODE_STALE, so users who reconnect elsewhere never flap.
         if let Some(presence) = self.presence {
             presence.abort();
+        }
+        // A retention pass stops between transactions; the next start begins a new one.
+        if let Some(retention) = self.retention {
+            retention.abort();
         }
         if let Some(publisher) = self.publisher {
             // The writers are done, so every commit's event is on the bus: announce them.

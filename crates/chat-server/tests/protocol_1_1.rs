@@ -203,6 +203,8 @@ both_backends!(
         let (mut alice, _) = server.connect("alice").await;
         let (mut bob, _) = server.connect("bob").await;
         alice.send_message(&room, "a1", "oops").await;
+        // Seq 1 is alice's before bob writes seq 2.
+        bob.recv_type("message").await;
         bob.send_message(&room, "b2", "hi").await;
         alice
             .recv_until(|f| f["type"] == "message" && f["message"]["seq"] == 2)
@@ -579,7 +581,15 @@ async fn a_dead_nodes_users_go_offline_within_30_seconds() {
     assert_eq!(alice.recv_type("presence").await["online"], true);
     let died = Instant::now();
     b.kill();
-    let offline = alice.recv_type("presence").await;
+    // Longer than the harness's usual wait: the rule gives the cluster 30 s.
+    let offline = loop {
+        let left = Duration::from_secs(35).saturating_sub(died.elapsed());
+        match alice.next_within(left).await {
+            Next::Frame(f) if f["type"] == "presence" => break f,
+            Next::Frame(_) => continue,
+            other => panic!("no offline presence within 35 s: {other:?}"),
+        }
+    };
     assert_eq!(
         (offline["user_id"].as_str(), offline["online"].as_bool()),
         (Some("bob"), Some(false))

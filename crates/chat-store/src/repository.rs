@@ -187,6 +187,39 @@ pub trait Repository: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<DeleteOutcome, StoreError>;
 
+    /// Every room `user` is a member of, open or closed, by id.
+    async fn rooms_of_member(&self, user: &UserId) -> Result<Vec<Room>, StoreError>;
+
+    /// Erasure: erases at most `limit` of the bodies `sender` sent in `room` (tombstones,
+    /// no events) in one short transaction; returns how many (0: none left).
+    async fn erase_sent(
+        &self,
+        room: &RoomId,
+        sender: &UserId,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
+    /// Retention: erases at most `limit` bodies of `room` sent before `cutoff` (tombstones,
+    /// no events); returns how many.
+    async fn erase_older_than(
+        &self,
+        room: &RoomId,
+        cutoff: Timestamp,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
+    /// Up to `limit` room ids after `after`, in id order.
+    async fn room_ids_after(
+        &self,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> Result<Vec<RoomId>, StoreError>;
+
+    /// Erasure: removes `user`'s presence rows and last activity.
+    async fn forget_presence(&self, user: &UserId) -> Result<(), StoreError>;
+
     /// The other members of `user`'s open rooms.
     async fn open_peers(&self, user: &UserId) -> Result<Vec<UserId>, StoreError>;
 

@@ -362,6 +362,92 @@ db_run! {
         Ok((DeleteOutcome::Deleted { deleted_at: now }, Some(event)))
     }
 
+    /// Every room `user` is a member of, open or closed.
+    fn rooms_of_member(conn, user: &UserId) -> Result<Vec<Room>, TxError> {
+        let rows: Vec<RoomRow> = run!(rooms::table
+            .filter(rooms::member_a.eq(user.as_str()).or(rooms::member_b.eq(user.as_str())))
+            .order(rooms::id.asc())
+            .select(RoomRow::as_select())
+            .load(conn))?;
+        Ok(rows.iter().map(RoomRow::to_room).collect::<Result<_, _>>()?)
+    }
+
+    /// Erases, in one short transaction, at most `limit` bodies `sender` sent in `room`
+    /// (oldest first), leaving tombstones. Returns how many; 0 when none is left. The lookup
+    /// walks the `(room_id, sender_id, ...)` unique index: no scan of other users' rows.
+    fn erase_sent(
+        conn,
+        room: &RoomId,
+        sender: &UserId,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<(u64, Option<StoreEvent>), TxError> {
+        let seqs: Vec<i64> = run!(queries::messages_of_room(room.as_str())
+            .filter(messages::sender_id.eq(sender.as_str()))
+            .filter(messages::deleted_at.is_null())
+            .order(messages::seq.asc())
+            .select(messages::seq)
+            .limit(limit)
+            .load(conn))?;
+        let erased = run!(erase_seqs(conn, room.as_str(), &seqs, now))?;
+        Ok((erased, None))
+    }
+
+    /// Erases the bodies of these messages of `room` that are not deleted yet.
+    fn erase_seqs(conn, room: &str, seqs: &[i64], now: Timestamp) -> Result<u64, TxError> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let erased = run!(diesel::update(
+            queries::messages_of_room(room)
+                .filter(messages::seq.eq_any(seqs))
+                .filter(messages::deleted_at.is_null())
+        )
+        .set((
+            messages::body.eq(None::<String>),
+            messages::deleted_at.eq(Some(now.unix_micros())),
+        ))
+        .execute(conn))?;
+        Ok(u64::try_from(erased).unwrap_or(0))
+    }
+
+    /// Retention: erases at most `limit` bodies of `room` sent before `cutoff`, oldest first
+    /// (a range of the primary key: seqs follow commit order, and so `sent_at`).
+    fn erase_older_than(
+        conn,
+        room: &RoomId,
+        cutoff: Timestamp,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<(u64, Option<StoreEvent>), TxError> {
+        let seqs: Vec<i64> = run!(queries::messages_of_room(room.as_str())
+            .filter(messages::sent_at.lt(cutoff.unix_micros()))
+            .filter(messages::deleted_at.is_null())
+            .order(messages::seq.asc())
+            .select(messages::seq)
+            .limit(limit)
+            .load(conn))?;
+        let erased = run!(erase_seqs(conn, room.as_str(), &seqs, now))?;
+        Ok((erased, None))
+    }
+
+    /// Room ids after `after` (by id), `limit` at most: a retention pass walks every room.
+    fn room_ids_after(conn, after: Option<RoomId>, limit: i64) -> Result<Vec<RoomId>, TxError> {
+        let mut query = rooms::table.select(rooms::id).order(rooms::id.asc()).limit(limit).into_boxed();
+        if let Some(after) = after {
+            query = query.filter(rooms::id.gt(after.as_str().to_owned()));
+        }
+        let ids: Vec<String> = run!(query.load(conn))?;
+        Ok(ids.into_iter().map(RoomId::new).collect::<Result<_, _>>()?)
+    }
+
+    /// Removes `user`'s presence rows and last activity (erasure).
+    fn forget_presence(conn, user: &UserId) -> Result<((), Option<StoreEvent>), TxError> {
+        run!(diesel::delete(presence_connections::table.filter(presence_connections::user_id.eq(user.as_str()))).execute(conn))?;
+        run!(diesel::delete(user_activity::table.find(user.as_str())).execute(conn))?;
+        Ok(((), None))
+    }
+
     /// The other members of `user`'s open rooms: who hears of `user`'s presence.
     fn open_peers(conn, user: &UserId) -> Result<Vec<UserId>, TxError> {
         let pairs: Vec<(String, String)> = run!(rooms::table

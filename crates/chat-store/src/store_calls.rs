@@ -125,6 +125,68 @@ macro_rules! repository_via_calls {
                 .await
             }
 
+            async fn rooms_of_member(
+                &self,
+                user: &chat_domain::UserId,
+            ) -> Result<Vec<chat_domain::Room>, $crate::error::StoreError> {
+                let (inner, user) = (self.inner.clone(), user.clone());
+                $crate::support::detached(&self.runtime, async move {
+                    $read!(inner, rooms_of_member(&user))
+                })
+                .await
+            }
+
+            async fn erase_sent(
+                &self,
+                room: &chat_domain::RoomId,
+                sender: &chat_domain::UserId,
+                now: chat_domain::Timestamp,
+                limit: u32,
+            ) -> Result<u64, $crate::error::StoreError> {
+                let (inner, room, sender) = (self.inner.clone(), room.clone(), sender.clone());
+                $crate::support::detached(&self.runtime, async move {
+                    $write_room!(inner, "", erase_sent(&room, &sender, now, i64::from(limit)))
+                })
+                .await
+            }
+
+            async fn erase_older_than(
+                &self,
+                room: &chat_domain::RoomId,
+                cutoff: chat_domain::Timestamp,
+                now: chat_domain::Timestamp,
+                limit: u32,
+            ) -> Result<u64, $crate::error::StoreError> {
+                let (inner, room) = (self.inner.clone(), room.clone());
+                $crate::support::detached(&self.runtime, async move {
+                    $write_room!(inner, "", erase_older_than(&room, cutoff, now, i64::from(limit)))
+                })
+                .await
+            }
+
+            async fn room_ids_after(
+                &self,
+                after: Option<chat_domain::RoomId>,
+                limit: u32,
+            ) -> Result<Vec<chat_domain::RoomId>, $crate::error::StoreError> {
+                let inner = self.inner.clone();
+                $crate::support::detached(&self.runtime, async move {
+                    $read!(inner, room_ids_after(after, i64::from(limit)))
+                })
+                .await
+            }
+
+            async fn forget_presence(
+                &self,
+                user: &chat_domain::UserId,
+            ) -> Result<(), $crate::error::StoreError> {
+                let (inner, user) = (self.inner.clone(), user.clone());
+                $crate::support::detached(&self.runtime, async move {
+                    $write_room!(inner, "", forget_presence(&user))
+                })
+                .await
+            }
+
             async fn open_peers(
                 &self,
                 user: &chat_domain::UserId,

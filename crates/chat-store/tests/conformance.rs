@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
                 received_moves_the_delivered_watermark_forward_only,
                 delete_leaves_a_tombstone_and_follows_the_unsend_rules,
                 presence_rows_follow_nodes_and_connections,
+                erasure_and_retention_leave_tombstones_in_batches,
             );
             conformance_suite!(@multi $open;
                 concurrent_open_room_returns_one_room,

@@ -81,6 +81,9 @@ pub enum Item {
         created_at: Timestamp,
         closed_at: Timestamp,
     },
+    /// A user was erased: close their connections (1008 `account_deleted`).
+    #[serde(rename = "k")]
+    Erased { user: UserId },
     /// A frame for some users' connections that is never stored (typing, presence).
     #[serde(rename = "e")]
     Ephemeral { users: Vec<UserId>, frame: String },

@@ -478,8 +478,11 @@ impl Client {
 
     /// The next text frame as JSON. Panics on close or timeout.
     pub async fn recv(&mut self) -> Value {
+        // One deadline for the whole wait: the server's pings (every 15 s) must not restart
+        // it, or a frame that never comes would be waited for for ever.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a frame in time");
             match next {
@@ -510,8 +513,9 @@ impl Client {
 
     /// Waits for the server to close the connection; returns the close frame.
     pub async fn closed(&mut self) -> Closed {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("close in time");
             match next {

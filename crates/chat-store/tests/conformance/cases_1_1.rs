@@ -280,7 +280,10 @@ pub async fn presence_rows_follow_nodes_and_connections(s: &TestStore) {
             .unwrap()
     };
     // Never seen: offline, never active.
-    let now = repo.presence_of(std::slice::from_ref(&alice), t(0)).await.unwrap();
+    let now = repo
+        .presence_of(std::slice::from_ref(&alice), t(0))
+        .await
+        .unwrap();
     assert_eq!(of(now, "alice"), Presence::default());
 
     repo.presence_beat("n1", t(0)).await.unwrap();
@@ -289,7 +292,10 @@ pub async fn presence_rows_follow_nodes_and_connections(s: &TestStore) {
         repo.presence_connect("n1", &alice, true, t(1)).await,
         Ok(false)
     );
-    let shown = repo.presence_of(std::slice::from_ref(&alice), t(1)).await.unwrap();
+    let shown = repo
+        .presence_of(std::slice::from_ref(&alice), t(1))
+        .await
+        .unwrap();
     assert_eq!(
         of(shown, "alice"),
         Presence {
@@ -307,7 +313,10 @@ pub async fn presence_rows_follow_nodes_and_connections(s: &TestStore) {
         Ok(false)
     );
     assert_eq!(repo.presence_disconnect("n2", &alice, t(4)).await, Ok(true));
-    let gone = repo.presence_of(std::slice::from_ref(&alice), t(4)).await.unwrap();
+    let gone = repo
+        .presence_of(std::slice::from_ref(&alice), t(4))
+        .await
+        .unwrap();
     assert_eq!(
         of(gone, "alice"),
         Presence {
@@ -319,7 +328,10 @@ pub async fn presence_rows_follow_nodes_and_connections(s: &TestStore) {
     repo.presence_connect("n1", &bob, false, t(5))
         .await
         .unwrap();
-    let hidden = repo.presence_of(std::slice::from_ref(&bob), t(5)).await.unwrap();
+    let hidden = repo
+        .presence_of(std::slice::from_ref(&bob), t(5))
+        .await
+        .unwrap();
     assert_eq!(of(hidden, "bob"), Presence::HIDDEN);
     assert_eq!(repo.presence_disconnect("n1", &bob, t(6)).await, Ok(false));
 
@@ -330,12 +342,18 @@ pub async fn presence_rows_follow_nodes_and_connections(s: &TestStore) {
         .await
         .unwrap();
     repo.presence_beat("n3", t(30)).await.unwrap();
-    let stale = repo.presence_of(std::slice::from_ref(&alice), t(30)).await.unwrap();
+    let stale = repo
+        .presence_of(std::slice::from_ref(&alice), t(30))
+        .await
+        .unwrap();
     assert!(!of(stale, "alice").online);
     let reaped = repo.presence_reap("n3", t(30)).await.unwrap();
     assert_eq!(reaped, vec![(alice.clone(), t(10))]);
     assert_eq!(repo.presence_reap("n3", t(31)).await, Ok(Vec::new()));
-    let after = repo.presence_of(std::slice::from_ref(&alice), t(31)).await.unwrap();
+    let after = repo
+        .presence_of(std::slice::from_ref(&alice), t(31))
+        .await
+        .unwrap();
     assert_eq!(
         of(after, "alice"),
         Presence {
@@ -374,4 +392,89 @@ pub async fn presence_rows_follow_nodes_and_connections(s: &TestStore) {
         }
         other => panic!("{other:?}"),
     }
+}
+
+pub async fn erasure_and_retention_leave_tombstones_in_batches(s: &TestStore) {
+    let repo = &*s.repo;
+    let room = open(repo, "alice", "bob", t(1)).await;
+    for i in 0..5 {
+        send(repo, &room.id, "alice", &format!("a{i}"), t(2 + i)).await;
+        send(repo, &room.id, "bob", &format!("b{i}"), t(2 + i)).await;
+    }
+    let mut rx = repo.events().subscribe();
+    // Batches: 2 + 2 + 1, then nothing left.
+    let mut sizes = Vec::new();
+    loop {
+        let n = repo
+            .erase_sent(&room.id, &user("alice"), t(20), 2)
+            .await
+            .unwrap();
+        sizes.push(n);
+        if n < 2 {
+            break;
+        }
+    }
+    assert_eq!(sizes, vec![2, 2, 1]);
+    assert_eq!(
+        drain(&mut rx),
+        Vec::new(),
+        "erasure publishes no per-message events"
+    );
+    let stored = all_history(repo, &room.id, "bob").await;
+    for m in &stored {
+        let alices = m.sender_id.as_str() == "alice";
+        assert_eq!(m.body.is_none(), alices, "{m:?}");
+        assert_eq!(m.deleted_at, alices.then_some(t(20)), "{m:?}");
+    }
+    assert_eq!(
+        repo.erase_sent(&room.id, &user("alice"), t(21), 2).await,
+        Ok(0),
+        "idempotent"
+    );
+    // Retention: bob's bodies sent before t(4) (b0 at t(2), b1 at t(3)), oldest first.
+    assert_eq!(repo.erase_older_than(&room.id, t(4), t(30), 1).await, Ok(1));
+    assert_eq!(
+        repo.erase_older_than(&room.id, t(4), t(30), 10).await,
+        Ok(1)
+    );
+    assert_eq!(
+        repo.erase_older_than(&room.id, t(4), t(30), 10).await,
+        Ok(0)
+    );
+    let kept: Vec<String> = all_history(repo, &room.id, "bob")
+        .await
+        .iter()
+        .filter_map(|m| m.body.as_ref().map(|b| b.as_str().to_owned()))
+        .collect();
+    assert_eq!(kept, ["message b2", "message b3", "message b4"]);
+    // Walking rooms by id, and the member's rooms, open and closed.
+    let other = open(repo, "alice", "carol", t(40)).await;
+    repo.close_room(&other.id, t(41)).await.unwrap();
+    let mut ids = vec![room.id.clone(), other.id.clone()];
+    ids.sort();
+    assert_eq!(repo.room_ids_after(None, 10).await.unwrap(), ids);
+    assert_eq!(
+        repo.room_ids_after(Some(ids[0].clone()), 10).await.unwrap(),
+        vec![ids[1].clone()]
+    );
+    let mut mine: Vec<_> = repo
+        .rooms_of_member(&user("alice"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    mine.sort();
+    assert_eq!(mine, ids);
+    // Forgetting presence leaves the user never seen.
+    repo.presence_beat("n1", t(50)).await.unwrap();
+    repo.presence_connect("n1", &user("alice"), true, t(50))
+        .await
+        .unwrap();
+    repo.forget_presence(&user("alice")).await.unwrap();
+    let now = repo
+        .presence_of(std::slice::from_ref(&user("alice")), t(50))
+        .await
+        .unwrap();
+    assert_eq!(now[0].1, Presence::default());
 }
