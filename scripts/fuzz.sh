@@ -13,6 +13,9 @@
 # - Prints, per target, the executions and libFuzzer's final coverage line. Fails (non-zero)
 #   on the first crash, panic, failed assertion or timeout, after naming the input.
 # - Builds and runs at nice 10: it shares the machine politely.
+# - The build goes to MATCHCHAT_FUZZ_TARGET_DIR (default ~/.cache/matchchat/fuzz-target),
+#   outside the checkout, so a fresh clone (CI) reuses the last build instead of spending
+#   ~12 minutes on it; cargo rebuilds what changed.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,7 +38,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     nice -n 10 cargo install cargo-fuzz --locked
 fi
 
-step "building the fuzz targets ($(cargo fuzz --version))"
+export CARGO_TARGET_DIR=${MATCHCHAT_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/matchchat/fuzz-target}
+mkdir -p "$CARGO_TARGET_DIR"
+
+step "building the fuzz targets ($(cargo fuzz --version)) in $CARGO_TARGET_DIR"
 (cd fuzz && nice -n 10 cargo +nightly fuzz build)
 
 SCRATCH=$(mktemp -d)

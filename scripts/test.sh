@@ -12,6 +12,11 @@
 #   Arguments replace `--workspace`: `scripts/test.sh -p chat-store` tests one crate,
 #   `scripts/test.sh -p chat-store -- postgres::` a subset.
 # - Then runs the browser tests (see run_browser_tests below).
+# - Then runs each fuzz target briefly (scripts/fuzz.sh, FUZZ_SECONDS per target, default 10)
+#   over its checked-in corpus: a regression of the input rules fails CI. The fuzz build
+#   (nightly, AddressSanitizer) is cached outside the checkout (MATCHCHAT_FUZZ_TARGET_DIR,
+#   default ~/.cache/matchchat/fuzz-target), so only the first run on a machine pays the
+#   ~12 minutes of building it.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -90,5 +95,7 @@ start_nats
 run_cargo_tests "$@"
 if [[ $# -eq 0 ]]; then
     run_browser_tests
+    step "fuzz targets, ${FUZZ_SECONDS:-10} s each (scripts/fuzz.sh)"
+    scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 fi
 step "all tests passed"
