@@ -160,7 +160,8 @@ pub enum Mode {
     /// once at both members with gapless seq.
     Throughput(ThroughputArgs),
     /// An open-loop schedule of sends at a fixed total rate; reports send-to-delivery latency
-    /// at the other member, measured from each message's scheduled send time.
+    /// at the other member, measured from each message's scheduled send time. With
+    /// --breakdown, also where the time goes inside the server, per hop (from its /metrics).
     Latency(LatencyArgs),
     /// Many idle authenticated connections; reports connect+auth rate and, with
     /// --server-pid, the server's memory per connection and its CPU while idle (heartbeats).
@@ -212,6 +213,28 @@ pub struct LatencyArgs {
     /// Seconds of sending on the same schedule before measuring.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
+    /// Also show where the time goes inside the server, per hop: scrapes the server's
+    /// `/metrics` right before the measured window and again once everything has arrived,
+    /// and from the difference of its per-hop histograms (writer queue, commit, commit to
+    /// mailbox, mailbox wait, outbox wait, batch size) prints each hop's count, p50, p90,
+    /// p99 and mean next to the end-to-end latency, in the table and in the JSON line
+    /// (`breakdown`). The percentiles are estimates from the histogram buckets (linear
+    /// inside a bucket); the means are exact. `/metrics` is read on each --url with the
+    /// service key, or on --metrics-url.
+    #[arg(long)]
+    pub breakdown: bool,
+    /// With --breakdown: where each node's `/metrics` is, when the server serves it on a
+    /// listener of its own (`CHAT_METRICS_BIND`, e.g. `http://127.0.0.1:9100`), read without
+    /// the service key. Repeat it (or a comma-separated list) for several nodes; the nodes'
+    /// histograms are added up.
+    #[arg(
+        long = "metrics-url",
+        value_name = "URL",
+        action = ArgAction::Append,
+        value_delimiter = ',',
+        requires = "breakdown"
+    )]
+    pub metrics_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,7 @@
 //!
 //! See `docs/benchmarks.md` for how to run it and what the budget is.
 
+mod breakdown;
 mod check;
 mod cli;
 mod conn;

@@ -282,6 +282,87 @@ fn latency_measures_every_delivery() {
     assert!(latency["p99_ms"].as_f64().is_some(), "{v}");
 }
 
+/// `latency --breakdown` reads the server's `/metrics` (public port, service key) before and
+/// after the measured window: every hop a delivered message passes has counted something.
+#[test]
+fn latency_breakdown_shows_where_the_time_goes() {
+    let server = Server::start(&[]);
+    let v = server.bench_ok(&[
+        "latency",
+        "--rooms",
+        "3",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--breakdown",
+    ]);
+    assert_clean(&v);
+    let breakdown = &v["breakdown"];
+    let hops = &breakdown["hops"];
+    for hop in [
+        "writer_queue",
+        "commit",
+        "commit_to_mailbox",
+        "mailbox_wait",
+        "outbox_wait",
+    ] {
+        assert!(hops[hop].is_object(), "{hop} missing in {breakdown}");
+    }
+    for hop in [
+        "writer_queue",
+        "commit",
+        "commit_to_mailbox",
+        "mailbox_wait",
+    ] {
+        let h = &hops[hop];
+        assert!(num(h, "count") > 0, "{hop}: {breakdown}");
+        for q in ["p50_ms", "p90_ms", "p99_ms", "mean_ms"] {
+            assert!(h[q].as_f64().is_some(), "{hop} {q}: {breakdown}");
+        }
+    }
+    // Each message delivered was queued once and went to two mailboxes (both members).
+    assert!(
+        num(&hops["writer_queue"], "count") >= num(&v["latency"], "count"),
+        "{v}"
+    );
+    assert!(
+        num(&hops["mailbox_wait"], "count") >= 2 * num(&v["latency"], "count"),
+        "{v}"
+    );
+    assert!(num(&breakdown["batch_size"], "count") > 0, "{breakdown}");
+    assert!(
+        breakdown["end_to_end"]["scheduled_send_to_other_member"]["p99_ms"]
+            .as_f64()
+            .is_some(),
+        "{breakdown}"
+    );
+}
+
+/// A server whose metrics cannot be read (wrong `--metrics-url`) is a setup error.
+#[test]
+fn latency_breakdown_without_metrics_is_a_setup_error() {
+    let server = Server::start(&[]);
+    let (code, json, stderr) = server.bench(
+        SERVICE_KEY,
+        &[
+            "latency",
+            "--rooms",
+            "1",
+            "--duration",
+            "1",
+            "--breakdown",
+            "--metrics-url",
+            "http://127.0.0.1:9/",
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(json.is_none(), "{json:?}");
+    assert!(stderr.contains("--metrics-url"), "{stderr}");
+}
+
 #[test]
 fn connections_are_held_and_measured() {
     // Pings every second so the idle window sees heartbeats (not asserted: timing).

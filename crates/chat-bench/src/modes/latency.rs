@@ -2,6 +2,11 @@
 //! over the rooms, alternating the sending member. Message `i` is due at `t0 + i / R`; its
 //! latency is measured at the other member from that due time, not from when the client
 //! got around to writing it, so a server that falls behind cannot hide its queueing.
+//!
+//! `--breakdown` adds where the time goes inside the server: its `/metrics` are scraped when
+//! the measured window opens and again once everything has arrived (before the sockets
+//! close), and the per-hop histograms' differences are shown next to the end-to-end figures
+//! (see [`crate::breakdown`]).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -9,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
+use crate::breakdown::{self, Scraper, Snapshot};
 use crate::cli::LatencyArgs;
+use crate::conn::Target;
 use crate::engine::{self, Clock};
 use crate::modes::open_loop::{self, Progress};
 use crate::modes::{Ctx, pair_of};
@@ -22,6 +29,25 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
     let body = engine::body(ctx.common.body_len)?;
     ctx.check_sockets(args.rooms * 2)?;
     let pairs = ctx.provision(args.rooms)?;
+    // A first scrape now: a server whose metrics cannot be read is a setup error, found
+    // before anything is sent.
+    let scraper = if args.breakdown {
+        let bases = ctx
+            .nodes
+            .urls()
+            .iter()
+            .map(|u| Target::parse(u).map(|t| t.http_base))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scraper = Scraper::new(
+            &bases,
+            ctx.common.service_key.as_deref(),
+            &args.metrics_urls,
+        );
+        scraper.scrape()?;
+        Some(Arc::new(scraper))
+    } else {
+        None
+    };
     rt.block_on(async move {
         let live = engine::connect_pairs(
             &ctx.nodes,
@@ -39,6 +65,16 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
             measure_from: t0 + Duration::from_secs_f64(args.warmup.max(0.0)),
         };
         let running = open_loop::start(&pairs, live, clock, total, false, body.clone())?;
+        // The "before" scrape, when the measured window opens.
+        let before = scraper.clone().map(|scraper| {
+            let at = tokio::time::Instant::from_std(clock.measure_from);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                tokio::task::spawn_blocking(move || scraper.scrape())
+                    .await
+                    .map_err(|e| format!("the scrape task failed: {e}"))?
+            })
+        });
 
         let stop = Arc::new(AtomicBool::new(false));
         let scheduler = {
@@ -94,6 +130,21 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
         let drained = running
             .drain(Duration::from_secs_f64(ctx.common.drain_secs), "latency")
             .await;
+        // The "after" scrape: everything measured has passed every hop by now.
+        let window: Option<Result<Snapshot, String>> = match (scraper, before) {
+            (Some(scraper), Some(before)) => {
+                let after = tokio::task::spawn_blocking(move || scraper.scrape())
+                    .await
+                    .map_err(|e| format!("the scrape task failed: {e}"))
+                    .and_then(|r| r);
+                let before = before
+                    .await
+                    .map_err(|e| format!("the scrape task failed: {e}"))
+                    .and_then(|r| r);
+                Some(before.and_then(|b| after.map(|a| a.since(&b))))
+            }
+            _ => None,
+        };
         let from_schedule = running.hists.from_schedule.snapshot();
         let from_write = running.hists.from_write.snapshot();
         let confirm = running.hists.confirm.snapshot();
@@ -132,6 +183,51 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
         report.row("scheduled send -> other member", hist_row(&from_schedule));
         report.row("written -> other member", hist_row(&from_write));
         report.row("written -> own copy back", hist_row(&confirm));
+        match window {
+            Some(Ok(delta)) => {
+                let mut json = breakdown::to_json(&delta);
+                let end_to_end = |h: &hdrhistogram::Histogram<u64>| {
+                    let ms = |q| h.value_at_quantile(q) as f64 / 1000.0;
+                    (!h.is_empty()).then(|| (ms(0.5), ms(0.99)))
+                };
+                let mut e2e = serde_json::Map::new();
+                for (key, name, h) in [
+                    (
+                        "scheduled_send_to_other_member",
+                        "scheduled send -> other member",
+                        &from_schedule,
+                    ),
+                    (
+                        "written_to_other_member",
+                        "written -> other member",
+                        &from_write,
+                    ),
+                ] {
+                    if let Some((p50, p99)) = end_to_end(h) {
+                        e2e.insert(
+                            key.to_owned(),
+                            serde_json::json!({"p50_ms": p50, "p99_ms": p99}),
+                        );
+                        report.row(
+                            &format!("end to end (bench): {name}"),
+                            format!("p50 {p50:.3}  p99 {p99:.3} ms"),
+                        );
+                    }
+                }
+                if let Some(map) = json.as_object_mut() {
+                    map.insert("end_to_end".into(), serde_json::Value::Object(e2e));
+                }
+                for (name, text) in breakdown::rows(&delta) {
+                    report.row(&name, text);
+                }
+                report.set("breakdown", json);
+            }
+            Some(Err(e)) => {
+                errors.push(format!("--breakdown: {e}"));
+                report.set("breakdown", serde_json::json!({"error": e}));
+            }
+            None => {}
+        }
         report.verdict(&verdict, drained);
         if verdict.sent == 0 || from_schedule.is_empty() {
             report.ok = false;
