@@ -178,7 +178,7 @@ function drawTimeseries(panel, series, box, range) {
   if (shown && series.length) {
     if (table) legendH = 8 + (series.length + 1) * 18;
     else {
-      const widths = series.map((s) => 34 + s.name.length * 7.2);
+      const widths = series.map((s) => 40 + s.name.length * 7.5);
       let lines = 1;
       let used = 0;
       for (const w of widths) {
@@ -196,7 +196,7 @@ function drawTimeseries(panel, series, box, range) {
 
   const values = series.flatMap((s) => s.points.map(([, v]) => v)).filter((v) => v !== null);
   if (!values.length) {
-    return `<div class="nodata" style="height:${box.h - 36}px">No data</div>`;
+    return `<div class="nodata" style="height:${box.h - 36}px">${esc(defaults.noValue ?? "No data")}</div>`;
   }
   let lo = defaults.min ?? Math.min(...values);
   let hi = defaults.max ?? Math.max(...values);
@@ -289,7 +289,7 @@ function thresholdColor(defaults, v) {
 function drawStat(panel, series, box, range) {
   const defaults = panel.fieldConfig?.defaults ?? {};
   const s = series.find((x) => x.points.some(([, v]) => v !== null));
-  if (!s) return `<div class="nodata" style="height:${box.h - 36}px">No data</div>`;
+  if (!s) return `<div class="nodata" style="height:${box.h - 36}px">${esc(defaults.noValue ?? "No data")}</div>`;
   const vals = s.points.filter(([, v]) => v !== null);
   const last = vals[vals.length - 1][1];
   const c = thresholdColor(defaults, last);
