@@ -22,6 +22,9 @@
 #    screenshotted with headless Chromium (Debian's; playwright-core from
 #    tests/browser/node_modules, `npm ci` there when missing) to --out (docs/img/dashboard.png).
 #
+# Environment: CHAT_SERVER_BIN runs that server binary instead of building target/debug's
+# (e.g. another branch's build); CHROMIUM names the browser (default `command -v chromium`).
+#
 # Every process it starts is stopped by PID when it exits, however it exits; waits poll for
 # readiness with a deadline. Everything runs under `nice -n 10` (other work shares the machine).
 set -euo pipefail
@@ -39,7 +42,7 @@ while [[ $# -gt 0 ]]; do
         --phase-secs) PHASE_SECS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --html) HTML=$2; shift 2 ;;
-        -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "dashboard-preview: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -123,11 +126,18 @@ if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
     log "npm ci in tests/browser (playwright-core)"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
-log "building chat-server and chat-bench (debug)"
-"${NICE[@]}" cargo build -q -p chat-server -p chat-bench --bins
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-SERVER_BIN=$TARGET_DIR/debug/chat-server
 BENCH_BIN=$TARGET_DIR/debug/chat-bench
+if [[ -n ${CHAT_SERVER_BIN:-} ]]; then
+    SERVER_BIN=$CHAT_SERVER_BIN
+    [[ -x $SERVER_BIN ]] || die "CHAT_SERVER_BIN=$SERVER_BIN is not an executable"
+    log "building chat-bench (debug); the server is $SERVER_BIN"
+    "${NICE[@]}" cargo build -q -p chat-bench --bins
+else
+    SERVER_BIN=$TARGET_DIR/debug/chat-server
+    log "building chat-server and chat-bench (debug)"
+    "${NICE[@]}" cargo build -q -p chat-server -p chat-bench --bins
+fi
 
 secret() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
 SERVICE_KEY=$(secret)
