@@ -215,6 +215,8 @@ function drawTimeseries(panel, series, box, range) {
   });
   const tt = timeTicks(range.start, range.end, Math.max(2, Math.floor(plot.w / 80)));
   for (const t of tt) {
+    // A label too close to an edge would run into the axis or out of the panel.
+    if (X(t) - plot.x < 28 || plot.x + plot.w - X(t) < 28) continue;
     svg += `<line x1="${X(t)}" x2="${X(t)}" y1="${plot.y}" y2="${plot.y + plot.h}" class="grid"/>`;
     svg += `<text x="${X(t)}" y="${plot.y + plot.h + 16}" class="axis" text-anchor="middle">${range.end - range.start > 1800 ? hhmm(t) : hhmmss(t)}</text>`;
   }
