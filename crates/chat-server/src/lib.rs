@@ -33,6 +33,7 @@ mod registry;
 mod services;
 mod state;
 mod tcp;
+mod webhooks;
 mod writer;
 mod ws;
 
@@ -104,6 +105,12 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     // The store runs on the core runtime and may be awaited from anywhere (chat-store's
     // runtime rule), so handlers on actix's workers call it directly.
     let store = chat_store::open_on(&store_config, core.clone()).await?;
+    // Webhooks have a small pool of their own (chat_store::webhooks), opened only when on.
+    let webhook_settings = webhooks::Settings::from_config(&config);
+    let webhook_store = match &webhook_settings {
+        Some(_) => Some(chat_store::open_webhooks_on(&store_config, core.clone()).await?),
+        None => None,
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let demo_users = if config.demo {
         Some(demo::prepare(&mut config, store.as_ref(), clock.now()).await?)
@@ -137,7 +144,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         let _enter = core.enter();
         metrics.clone().map(metrics::spawn_upkeep)
     };
-    let (services, handles) = Services::start(
+    let (mut services, handles) = Services::start(
         &core,
         &config,
         store.clone(),
@@ -145,6 +152,15 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         writers,
         engine,
     );
+    if let (Some(settings), Some(hooks)) = (webhook_settings, &webhook_store) {
+        services.start_webhooks(
+            &core,
+            settings,
+            hooks.clone(),
+            store.as_ref(),
+            clock.clone(),
+        );
+    }
     let registry = handles.registry.clone();
     let frame_ancestors = config.frame_ancestors();
     let state = web::Data::new(AppState {
@@ -165,6 +181,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         clock,
         demo_users,
         metrics,
+        webhooks: webhook_store,
         config: config.clone(),
     });
 
@@ -172,6 +189,8 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
+            // Before `api::configure`, whose `/api` scope answers 404 for paths it lacks.
+            .configure(webhooks::configure)
             .configure(api::configure)
             .configure(demo::configure)
             .configure(ws::configure)
