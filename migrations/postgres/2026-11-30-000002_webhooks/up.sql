@@ -1,5 +1,5 @@
 -- Webhooks for unseen messages (issue 12, section 1). The SQLite migration of the same name
--- makes the same tables; docs/host-app.md ("Webhooks") and docs/storage.md explain them.
+-- makes the same tables; docs/host-app.md ("Webhooks") explains what they are for.
 -- Nothing here is written on the message path: a background scheduler on each node finds the
 -- bursts that became due and fills the outbox, which a sender loop empties.
 
