@@ -104,12 +104,18 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     });
     // The store runs on the core runtime and may be awaited from anywhere (chat-store's
     // runtime rule), so handlers on actix's workers call it directly.
-    let store = chat_store::open_on(&store_config, core.clone()).await?;
-    // Webhooks have a small pool of their own (chat_store::webhooks), opened only when on.
+    // With webhooks on, their store is opened with it (chat_store::webhooks).
     let webhook_settings = webhooks::Settings::from_config(&config);
-    let webhook_store = match &webhook_settings {
-        Some(_) => Some(chat_store::open_webhooks_on(&store_config, core.clone()).await?),
-        None => None,
+    let (store, webhook_store) = match &webhook_settings {
+        Some(_) => {
+            let (store, hooks) =
+                chat_store::open_with_webhooks_on(&store_config, core.clone()).await?;
+            (store, Some(hooks))
+        }
+        None => (
+            chat_store::open_on(&store_config, core.clone()).await?,
+            None,
+        ),
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let demo_users = if config.demo {

@@ -40,7 +40,7 @@ pub use postgres::PgStore;
 pub use repository::{Appended, PoolStatus, Repository, RoomOpened};
 pub use sqlite::SqliteStore;
 pub use support::redact_url;
-pub use webhooks::{WebhookStore, open_webhooks, open_webhooks_on};
+pub use webhooks::{WebhookStore, open_with_webhooks, open_with_webhooks_on};
 
 /// Opens the store `config` names on `runtime`, from any runtime: the store's pool,
 /// background tasks and every later call run on `runtime` (a multi-threaded one), whatever

@@ -2,19 +2,21 @@
 //!
 //! Every [`TICK`] (and, when `CHAT_NOTIFY_AFTER_SECS=0`, at most [`MIN_GAP`] after a local
 //! commit) a pass:
-//! 1. reads the unseen messages sent in `(cursor - margin, now - N]` (the partial index
-//!    `messages_unseen_by_time`) and takes their rooms and senders as candidates. The
-//!    margin ([`MARGIN`], and [`DEEP_MARGIN`] every [`DEEP_EVERY`] and at start) covers
-//!    messages committed late (a long transaction, clocks of other nodes): re-reading is
-//!    harmless, since a burst makes one delivery however often it is found;
+//! 1. reads which rooms and senders have unseen messages sent in `(cursor - margin, now - N]`
+//!    (a range of the partial index `messages_unseen_by_time`, aggregated in the database:
+//!    one row per room, not per message), as candidates. The margin ([`MARGIN`];
+//!    [`DEEP_MARGIN`] every [`DEEP_EVERY`]; [`START_MARGIN`] at start) covers messages
+//!    committed late (a long transaction, another node's clock): reading again is harmless,
+//!    since a burst makes one delivery however often it is found. A long span (a catch-up
+//!    after a stop) is read [`SLICE`] at a time, at most [`MAX_SLICES`] per pass;
 //! 2. adds the rooms a recipient marked seen [`Rule`'s `notify_after`] ago (from this node's
 //!    store events: a burst seen only in part starts a new burst at the mark) and, every
 //!    [`SWEEP_EVERY`] and at start, every stored burst whose recipient still has unseen
 //!    messages (the safety net for marks made on another node or before a crash; it also
 //!    prunes the rows of bursts seen to the end);
-//! 3. asks the store which candidates are due, and opens each due burst (one transaction
-//!    that re-checks it under the burst row's lock: two nodes scanning at once make one
-//!    delivery), then wakes the sender.
+//! 3. asks the store which candidates are due, and opens the due bursts (a transaction per
+//!    50 that re-checks them under their rows' locks: two nodes scanning at once make one
+//!    delivery per burst), then wakes the sender.
 //!
 //! The cursor is saved every [`SAVE_EVERY`] and at shutdown; after a restart the scan goes
 //! back [`DEEP_MARGIN`] behind the saved cursor, so a crash loses no burst. On a first start
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 use chat_domain::{Clock, Timestamp};
 use chat_store::StoreEvent;
 use chat_store::webhooks::{BurstKey, Candidate, DueRule, WebhookStore};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::{after, before};
@@ -41,18 +43,19 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// The least time between two passes woken by commits (`CHAT_NOTIFY_AFTER_SECS=0`).
 pub const MIN_GAP: Duration = Duration::from_millis(100);
 /// How far behind its cursor an ordinary pass reads again.
-pub const MARGIN: Duration = Duration::from_secs(5);
-/// How far behind its cursor a deep pass (at start, then every [`DEEP_EVERY`]) reads.
-pub const DEEP_MARGIN: Duration = Duration::from_secs(120);
-pub const DEEP_EVERY: Duration = Duration::from_secs(60);
+pub const MARGIN: Duration = Duration::from_secs(2);
+/// How far behind its cursor a deep pass, every [`DEEP_EVERY`], reads again.
+pub const DEEP_MARGIN: Duration = Duration::from_secs(30);
+pub const DEEP_EVERY: Duration = Duration::from_secs(30);
+/// How far behind the saved cursor the first pass after a start reads.
+pub const START_MARGIN: Duration = Duration::from_secs(120);
+/// The longest span of `sent_at` one scan statement reads, and how many a pass reads.
+pub const SLICE: Duration = Duration::from_secs(60);
+pub const MAX_SLICES: usize = 10;
 /// How often every stored burst is looked at again (and seen ones pruned).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How often the cursor is saved.
 pub const SAVE_EVERY: Duration = Duration::from_secs(30);
-/// Messages one page of the scan reads.
-const PAGE: u32 = 2_000;
-/// Pages one pass reads at most (a catch-up after a long stop goes on in the next pass).
-const MAX_PAGES: usize = 50;
 /// Burst rows one page of the sweep reads.
 const SWEEP_PAGE: u32 = 500;
 /// Rooms marked seen, remembered to look at again, at most.
@@ -122,6 +125,19 @@ impl Scheduler {
                         Ok(event) => woken |= self.on_event(&event),
                         Err(RecvError::Lagged(_)) => {}
                         Err(RecvError::Closed) => events_open = false,
+                    }
+                    // Take what else is there in one go: one wake-up per burst of commits,
+                    // not per message.
+                    loop {
+                        match events.try_recv() {
+                            Ok(event) => woken |= self.on_event(&event),
+                            Err(TryRecvError::Lagged(_)) => {}
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Closed) => {
+                                events_open = false;
+                                break;
+                            }
+                        }
                     }
                     continue;
                 }
@@ -195,28 +211,29 @@ impl Scheduler {
     async fn try_pass(&mut self) -> Result<usize, chat_store::StoreError> {
         let now = self.clock.now();
         let up_to = before(now, self.rule.notify_after);
+        let first = self.cursor.is_none();
         let deep = self.last_deep.is_none_or(|at| at.elapsed() >= DEEP_EVERY);
         let cursor = match self.cursor {
             Some(cursor) => cursor,
             None => self.store.scan_cursor().await?.unwrap_or(up_to),
         };
-        let margin = if deep { DEEP_MARGIN } else { MARGIN };
+        let margin = match (first, deep) {
+            (true, _) => START_MARGIN,
+            (false, true) => DEEP_MARGIN,
+            (false, false) => MARGIN,
+        };
         let mut from = before(cursor.min(up_to), margin);
         let mut candidates = BTreeSet::new();
         // Where the next pass reads from (minus its margin): `up_to`, or the point a long
         // catch-up reached.
         let mut next_cursor = up_to.max(cursor);
-        for page_number in 0.. {
-            let page = self.store.unseen_between(from, up_to, PAGE).await?;
-            candidates.extend(page.candidates);
-            let Some(last) = page.more_from else {
-                break;
-            };
-            // Read again from the last message's microsecond: a group commit gives every
-            // message of its batch one `sent_at`.
-            let next = before(last, Duration::from_micros(1));
-            from = if next > from { next } else { last };
-            if page_number + 1 >= MAX_PAGES {
+        let mut slices = 0;
+        while from < up_to {
+            let to = after(from, SLICE).min(up_to);
+            candidates.extend(self.store.unseen_between(from, to).await?);
+            from = to;
+            slices += 1;
+            if slices >= MAX_SLICES && from < up_to {
                 next_cursor = after(from, MARGIN);
                 break;
             }
@@ -237,18 +254,16 @@ impl Scheduler {
         }
         let candidates: Vec<Candidate> = candidates.into_iter().collect();
         let due = self.store.due(&candidates, now, self.rule).await?;
-        let mut opened = 0;
-        for burst in &due {
-            if let Some(delivery) = self.store.open_burst(burst, now, self.rule).await? {
-                opened += 1;
-                ::metrics::counter!(metrics::WEBHOOK_DELIVERIES_CREATED).increment(1);
-                tracing::debug!(
-                    delivery = %delivery.delivery_id,
-                    room = %delivery.room_id,
-                    unseen = delivery.unseen_count,
-                    "webhook delivery created"
-                );
-            }
+        let made = self.store.open_bursts(&due, now, self.rule).await?;
+        let opened = made.len();
+        ::metrics::counter!(metrics::WEBHOOK_DELIVERIES_CREATED).increment(opened as u64);
+        for delivery in &made {
+            tracing::debug!(
+                delivery = %delivery.delivery_id,
+                room = %delivery.room_id,
+                unseen = delivery.unseen_count,
+                "webhook delivery created"
+            );
         }
         self.cursor = Some(next_cursor);
         if deep {

@@ -2,7 +2,8 @@
 //! sends each and a node that dies mid-send releases them when the lease ends), POSTs each
 //! signed payload with a [`REQUEST_TIMEOUT`], at most [`CONCURRENCY`] at once, from threads
 //! of its own ([`HttpPool`]: the client blocks, and Tokio's blocking pool is SQLite's), then
-//! records the outcome: 2xx deletes the delivery; anything else schedules a retry after
+//! records the outcome: 2xx deletes the delivery (the deletes of POSTs that end together go
+//! in one statement); anything else schedules a retry after
 //! [`backoff`] (exponential, with jitter, the first within 5 s), until
 //! `CHAT_WEBHOOK_GIVE_UP_SECS` after the delivery was made, when it is kept as failed.
 //!
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chat_domain::{Clock, Timestamp};
 use chat_store::webhooks::{Delivery, WebhookStore};
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::{Payload, Settings, after, signature};
@@ -98,16 +99,20 @@ impl Sender {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_count: Option<Instant> = None;
         let mut failures = 0u64;
+        let (delivered, mut delivered_ids) = mpsc::unbounded_channel::<String>();
         loop {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
+                Some(id) = delivered_ids.recv() => {
+                    self.record_delivered(id, &mut delivered_ids).await;
+                }
                 _ = self.wake.notified() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = tick.tick() => {}
             }
             while tasks.try_join_next().is_some() {}
-            match self.claim_and_send(&slots, &mut tasks).await {
+            match self.claim_and_send(&slots, &mut tasks, &delivered).await {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     if failures.is_multiple_of(60) {
@@ -127,6 +132,9 @@ impl Sender {
         // Shutdown: what is in flight may finish; the rest goes back to the outbox.
         let drained =
             tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+        if let Ok(id) = delivered_ids.try_recv() {
+            self.record_delivered(id, &mut delivered_ids).await;
+        }
         if drained.is_err() {
             tasks.abort_all();
             let left: Vec<(String, Timestamp)> = self
@@ -150,11 +158,24 @@ impl Sender {
         }
     }
 
+    /// Deletes `first` and every other delivered delivery waiting in `more`, in one go.
+    async fn record_delivered(&self, first: String, more: &mut mpsc::UnboundedReceiver<String>) {
+        let mut ids = vec![first];
+        while let Ok(id) = more.try_recv() {
+            ids.push(id);
+        }
+        if let Err(error) = self.store.delivered(&ids).await {
+            // They will be sent again when their leases end: at least once.
+            tracing::warn!(%error, deliveries = ids.len(), "webhooks: delivered, but not recorded; they will be sent again");
+        }
+    }
+
     /// Claims as many due deliveries as there are free slots, and starts their POSTs.
     async fn claim_and_send(
         &self,
         slots: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
+        delivered: &mpsc::UnboundedSender<String>,
     ) -> Result<(), chat_store::StoreError> {
         loop {
             let free = slots.available_permits();
@@ -176,6 +197,7 @@ impl Sender {
                     settings: self.settings.clone(),
                     http: self.http.clone(),
                     in_flight: self.in_flight.clone(),
+                    delivered: delivered.clone(),
                     lease,
                 };
                 if let Ok(mut in_flight) = self.in_flight.lock() {
@@ -200,6 +222,8 @@ struct Attempt {
     settings: Arc<Settings>,
     http: HttpPool,
     in_flight: Arc<Mutex<HashMap<String, Timestamp>>>,
+    /// Where a 2xx sends the delivery's id, for the sender to delete.
+    delivered: mpsc::UnboundedSender<String>,
     lease: Timestamp,
 }
 
@@ -281,10 +305,7 @@ impl Attempt {
                 ::metrics::histogram!(metrics::WEBHOOK_DELIVERY_SECONDS).record(
                     metrics::seconds_since(delivery.created_at, self.clock.now()),
                 );
-                if let Err(error) = self.store.delivered(&delivery.delivery_id).await {
-                    // It will be sent again when its lease ends: at least once.
-                    tracing::warn!(%error, delivery = %delivery.delivery_id, "webhooks: delivered, but not recorded; it will be sent again");
-                }
+                let _ = self.delivered.send(delivery.delivery_id.clone());
             }
             Ok(status) => {
                 self.failed(&delivery, Outcome::Refused, &format!("HTTP {status}"))

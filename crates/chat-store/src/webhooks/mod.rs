@@ -23,9 +23,10 @@
 //!   `presence_connections` row of U under a node whose heartbeat is under
 //!   [`PRESENCE_FRESH`] old.
 //!
-//! A store of webhooks has its own small connection pool, opened by [`open_webhooks_on`]
-//! beside the [`Repository`](crate::Repository): a slow scan or a burst of outbox writes never
-//! takes a connection the chat needs, and the chat's pool sizing stays what it was.
+//! Open both with [`open_with_webhooks_on`]. On PostgreSQL the store of webhooks has a small
+//! connection pool of its own ([`PgWebhooks`]): a slow scan or a burst of outbox writes never
+//! takes a connection the chat needs. On SQLite it is the [`SqliteStore`](crate::SqliteStore)
+//! itself, so its writes queue with the chat's on the one writer (`sqlite.rs` here says why).
 
 mod postgres;
 mod sqlite;
@@ -40,16 +41,19 @@ use chat_domain::{RoomId, Seq, Timestamp, UserId};
 
 use crate::config::{Backend, StoreConfig};
 use crate::error::StoreError;
+use crate::repository::Repository;
 
 pub use postgres::PgWebhooks;
-pub use sqlite::SqliteWebhooks;
 
 /// How recent a node's heartbeat must be for its connections to count (`presence_nodes`).
 pub const PRESENCE_FRESH: Duration = Duration::from_secs(20);
 
-/// Connections of a store of webhooks: the scheduler's and the sender's calls, which are few
-/// and short. Its own pool, so the chat's is never waited on by webhooks.
+/// Connections of a store of webhooks on PostgreSQL: the scheduler's and the sender's calls,
+/// which are few and short. Its own pool, so the chat's is never waited on by webhooks.
 pub const POOL_SIZE: usize = 3;
+
+/// Bursts opened per transaction ([`WebhookStore::open_bursts`]).
+pub const OPEN_CHUNK: usize = 50;
 
 /// A room and the member whose messages there may be waiting for the other member.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,16 +102,6 @@ impl DueRule {
     pub fn cutoff(&self, now: Timestamp) -> i64 {
         now.unix_micros().saturating_sub(micros(self.notify_after))
     }
-}
-
-/// One page of the unseen messages sent in a span of time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScanPage {
-    /// The rooms and senders of those messages, each once.
-    pub candidates: Vec<Candidate>,
-    /// The `sent_at` of the last message read, when the page was full (there may be more,
-    /// from that time on); `None` when the span was read to its end.
-    pub more_from: Option<Timestamp>,
 }
 
 /// A row of `webhook_bursts`: a room and a recipient notified before.
@@ -172,15 +166,14 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Saves the scan cursor; it only moves forward (the newest of all nodes' saves wins).
     async fn save_scan_cursor(&self, at: Timestamp) -> Result<(), StoreError>;
 
-    /// The rooms and senders of unseen, undeleted messages sent after `after` and up to
-    /// `up_to`, reading at most `limit` messages in `sent_at` order (the partial index
-    /// `messages_unseen_by_time`).
+    /// The rooms and senders of the unseen messages sent after `after` and up to `up_to`,
+    /// each once (a range of the partial index `messages_unseen_by_time`, aggregated in the
+    /// database). Deleted messages may be among them: [`WebhookStore::due`] leaves them out.
     async fn unseen_between(
         &self,
         after: Timestamp,
         up_to: Timestamp,
-        limit: u32,
-    ) -> Result<ScanPage, StoreError>;
+    ) -> Result<Vec<Candidate>, StoreError>;
 
     /// A page of `webhook_bursts` rows after `after`, in key order, told apart by whether
     /// their recipient still has unseen messages in the room.
@@ -202,16 +195,30 @@ pub trait WebhookStore: Send + Sync + 'static {
         rule: DueRule,
     ) -> Result<Vec<DueBurst>, StoreError>;
 
-    /// In one transaction, holding the burst row's lock: checks `burst` is still due, then
-    /// inserts its delivery (due now) and moves `notified_up_to_seq` to its newest unseen
-    /// message. `None` when it is not due (any more): another node made it, or the recipient
-    /// saw the messages meanwhile.
+    /// Holding the burst rows' locks (taken in key order): checks which of `bursts` are
+    /// still due, and for each inserts its delivery (due now) and moves `notified_up_to_seq`
+    /// to its newest unseen message. One transaction per [`OPEN_CHUNK`] bursts. Returns the
+    /// deliveries made; a burst that is not due (any more) makes none: another node made it,
+    /// or the recipient saw the messages meanwhile.
+    async fn open_bursts(
+        &self,
+        bursts: &[DueBurst],
+        now: Timestamp,
+        rule: DueRule,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// [`WebhookStore::open_bursts`] for one burst.
     async fn open_burst(
         &self,
         burst: &DueBurst,
         now: Timestamp,
         rule: DueRule,
-    ) -> Result<Option<Delivery>, StoreError>;
+    ) -> Result<Option<Delivery>, StoreError> {
+        Ok(self
+            .open_bursts(std::slice::from_ref(burst), now, rule)
+            .await?
+            .pop())
+    }
 
     /// Claims up to `limit` deliveries due at `now` for this sender until `lease_until`:
     /// no other sender gets them before that (`FOR UPDATE SKIP LOCKED` on PostgreSQL), and a
@@ -226,8 +233,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// The body of a message, `None` when it is deleted (or unknown).
     async fn message_body(&self, room: &RoomId, seq: Seq) -> Result<Option<String>, StoreError>;
 
-    /// The receiver took the delivery: it leaves the outbox.
-    async fn delivered(&self, delivery_id: &str) -> Result<(), StoreError>;
+    /// The receiver took these deliveries: they leave the outbox (one statement per 500).
+    async fn delivered(&self, delivery_ids: &[String]) -> Result<(), StoreError>;
 
     /// The attempt failed: try again at `at`. Only while `lease` is still the delivery's
     /// (false: another sender has it now).
@@ -255,25 +262,34 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn failed(&self, limit: u32) -> Result<Vec<Delivery>, StoreError>;
 }
 
-/// Opens the store of webhooks for the database `config` names, on `runtime` (see
-/// [`crate::open_on`]): its own pool of [`POOL_SIZE`] connections. Runs pending migrations
-/// first, like [`crate::open`].
-pub async fn open_webhooks_on(
+/// Opens the store `config` names on `runtime` (see [`crate::open_on`]), with its store of
+/// webhooks: on PostgreSQL a pool of [`POOL_SIZE`] connections of its own beside the
+/// repository's, on SQLite the same store.
+pub async fn open_with_webhooks_on(
     config: &StoreConfig,
     runtime: tokio::runtime::Handle,
-) -> Result<Arc<dyn WebhookStore>, StoreError> {
+) -> Result<(Arc<dyn Repository>, Arc<dyn WebhookStore>), StoreError> {
     let config = config.clone();
     runtime
-        .spawn(async move { open_webhooks(&config).await })
+        .spawn(async move { open_with_webhooks(&config).await })
         .await
         .map_err(|e| StoreError::Unavailable(format!("opening the store was cancelled: {e}")))?
 }
 
-/// [`open_webhooks_on`] on the current runtime.
-pub async fn open_webhooks(config: &StoreConfig) -> Result<Arc<dyn WebhookStore>, StoreError> {
+/// [`open_with_webhooks_on`] on the current runtime.
+pub async fn open_with_webhooks(
+    config: &StoreConfig,
+) -> Result<(Arc<dyn Repository>, Arc<dyn WebhookStore>), StoreError> {
     match &config.backend {
-        Backend::Postgres { .. } => Ok(Arc::new(PgWebhooks::open(config).await?)),
-        Backend::Sqlite { .. } => Ok(Arc::new(SqliteWebhooks::open(config).await?)),
+        Backend::Postgres { .. } => {
+            let repo = crate::open(config).await?;
+            Ok((repo, Arc::new(PgWebhooks::open(config).await?)))
+        }
+        Backend::Sqlite { path } => {
+            tracing::info!(backend = "sqlite", path = %path.display(), "opening store");
+            let store = Arc::new(crate::SqliteStore::open(config).await?);
+            Ok((store.clone(), store))
+        }
     }
 }
 

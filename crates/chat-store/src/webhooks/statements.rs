@@ -15,7 +15,7 @@ use diesel::QueryableByName;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 
-use super::{BurstKey, BurstPage, Candidate, Delivery, DueBurst, DueRule, ScanPage};
+use super::{BurstKey, BurstPage, Candidate, Delivery, DueBurst, DueRule};
 use super::{OutboxCounts, PRESENCE_FRESH, micros};
 use crate::db_run::db_run;
 use crate::error::StoreError;
@@ -69,10 +69,12 @@ fn boxed<'f, C: Dialect>(conn: &C, sql: &str) -> BoxedSqlQuery<'f, C::Db, SqlQue
     diesel::sql_query(sql_for(conn, sql)).into_boxed()
 }
 
-/// The unseen, undeleted messages sent in `($1, $2]`, oldest first, at most `$3`.
-const SCAN_SQL: &str = "SELECT m.room_id, m.sender_id, m.sent_at FROM messages m \
-     WHERE m.seen_at IS NULL AND m.sent_at > $1 AND m.sent_at <= $2 AND m.deleted_at IS NULL \
-     ORDER BY m.sent_at LIMIT $3";
+/// The rooms and senders of the unseen messages sent in `($1, $2]`, each once: aggregated
+/// here, so a busy second costs one row per room, not one per message. Deleted messages are
+/// not filtered out (the `due` statement does), so on SQLite the index alone answers.
+const SCAN_SQL: &str = "SELECT m.room_id, m.sender_id FROM messages m \
+     WHERE m.seen_at IS NULL AND m.sent_at > $1 AND m.sent_at <= $2 \
+     GROUP BY m.room_id, m.sender_id";
 
 /// Which candidates hold a due burst. `$1`: the cutoff (`now - notify_after`, micros); `$2`:
 /// 1 when only offline recipients count; `$3`: the oldest fresh node heartbeat; then the
@@ -167,7 +169,8 @@ const CLAIM_SQL_SQLITE: &str = concat!(
 const BODY_SQL: &str =
     "SELECT body FROM messages WHERE room_id = $1 AND seq = $2 AND deleted_at IS NULL";
 
-const DELETE_DELIVERY_SQL: &str = "DELETE FROM webhook_deliveries WHERE delivery_id = $1";
+/// Deliveries deleted per statement.
+pub(crate) const DELETE_CHUNK: usize = 500;
 
 const RETRY_SQL: &str = "UPDATE webhook_deliveries \
      SET next_attempt_at = $3, locked_until = NULL, last_error = $4 \
@@ -217,8 +220,6 @@ pub(crate) struct ScanRow {
     room_id: String,
     #[diesel(sql_type = Text)]
     sender_id: String,
-    #[diesel(sql_type = BigInt)]
-    sent_at: i64,
 }
 
 #[derive(QueryableByName)]
@@ -334,14 +335,20 @@ db_run! {
         Ok(())
     }
 
-    /// A page of unseen messages sent in `(after, up_to]`.
-    fn unseen_between(conn, after: i64, up_to: i64, limit: u32) -> Result<ScanPage, TxError> {
+    /// The rooms and senders of unseen messages sent in `(after, up_to]`.
+    fn unseen_between(conn, after: i64, up_to: i64) -> Result<Vec<Candidate>, TxError> {
         let rows: Vec<ScanRow> = run!(diesel::sql_query(sql_for(&*conn, SCAN_SQL))
             .bind::<BigInt, _>(after)
             .bind::<BigInt, _>(up_to)
-            .bind::<BigInt, _>(i64::from(limit))
             .load(conn))?;
-        scan_page(&rows, limit)
+        rows.iter()
+            .map(|row| {
+                Ok(Candidate {
+                    room_id: room_id("messages.room_id", &row.room_id)?,
+                    sender_id: user_id("messages.sender_id", &row.sender_id)?,
+                })
+            })
+            .collect()
     }
 
     /// Which of `candidates` (at most [`DUE_CHUNK`]) hold a due burst at `now`.
@@ -362,57 +369,67 @@ db_run! {
         rows.iter().map(DueRow::to_due).collect()
     }
 
-    /// Makes the delivery of `burst` if it is still due (see `WebhookStore::open_burst`).
-    /// Run in a transaction.
-    fn open_burst(conn, burst: &DueBurst, now: Timestamp, rule: DueRule, delivery_id: &str) -> Result<Option<Delivery>, TxError> {
-        let _locked: Vec<NotifiedRow> = run!(diesel::sql_query(sql_for(&*conn, LOCK_BURST_SQL))
-            .bind::<Text, _>(burst.room_id.as_str())
-            .bind::<Text, _>(burst.recipient_id.as_str())
-            .load(conn))?;
-        let candidate = [burst.candidate()];
-        let still_due = run!(due(conn, &candidate, now, rule))?;
-        if !still_due.contains(burst) {
-            return Ok(None);
+    /// Makes the deliveries of those of `bursts` that are still due (see
+    /// `WebhookStore::open_bursts`); `ids` are their ids, one per burst. Run in a transaction.
+    fn open_bursts(conn, bursts: &[DueBurst], now: Timestamp, rule: DueRule, ids: &[String]) -> Result<Vec<Delivery>, TxError> {
+        // Lock the rows in key order, so two nodes opening overlapping sets cannot deadlock.
+        let mut order: Vec<(&DueBurst, &String)> = bursts.iter().zip(ids).collect();
+        order.sort();
+        for (burst, _) in &order {
+            let _locked: Vec<NotifiedRow> = run!(diesel::sql_query(sql_for(&*conn, LOCK_BURST_SQL))
+                .bind::<Text, _>(burst.room_id.as_str())
+                .bind::<Text, _>(burst.recipient_id.as_str())
+                .load(conn))?;
         }
-        let latest: Vec<LatestRow> = run!(diesel::sql_query(sql_for(&*conn, LATEST_UNSEEN_SQL))
-            .bind::<Text, _>(burst.room_id.as_str())
-            .bind::<Text, _>(burst.sender_id.as_str())
-            .load(conn))?;
-        let Some(latest) = latest.into_iter().next() else {
-            return Ok(None);
-        };
-        run!(diesel::sql_query(sql_for(&*conn, MOVE_BURST_SQL))
-            .bind::<Text, _>(burst.room_id.as_str())
-            .bind::<Text, _>(burst.recipient_id.as_str())
-            .bind::<BigInt, _>(latest.last_seq)
-            .bind::<BigInt, _>(now.unix_micros())
-            .execute(conn))?;
-        run!(diesel::sql_query(sql_for(&*conn, INSERT_DELIVERY_SQL))
-            .bind::<Text, _>(delivery_id)
-            .bind::<Text, _>(burst.room_id.as_str())
-            .bind::<Text, _>(burst.recipient_id.as_str())
-            .bind::<Text, _>(burst.sender_id.as_str())
-            .bind::<BigInt, _>(latest.unseen_count)
-            .bind::<BigInt, _>(latest.last_seq)
-            .bind::<BigInt, _>(latest.last_sent_at)
-            .bind::<BigInt, _>(now.unix_micros())
-            .execute(conn))?;
-        let row = DeliveryRow {
-            delivery_id: delivery_id.to_owned(),
-            room_id: burst.room_id.as_str().to_owned(),
-            recipient_id: burst.recipient_id.as_str().to_owned(),
-            sender_id: burst.sender_id.as_str().to_owned(),
-            unseen_count: latest.unseen_count,
-            last_seq: latest.last_seq,
-            last_sent_at: latest.last_sent_at,
-            created_at: now.unix_micros(),
-            attempts: 0,
-            next_attempt_at: now.unix_micros(),
-            locked_until: None,
-            last_error: None,
-            failed_at: None,
-        };
-        Ok(Some(row.to_delivery()?))
+        // Under the locks: which are still due.
+        let candidates: Vec<Candidate> = order.iter().map(|(b, _)| b.candidate()).collect();
+        let still_due = run!(due(conn, &candidates, now, rule))?;
+        let mut made = Vec::new();
+        for (burst, delivery_id) in order {
+            if !still_due.contains(burst) {
+                continue;
+            }
+            let latest: Vec<LatestRow> = run!(diesel::sql_query(sql_for(&*conn, LATEST_UNSEEN_SQL))
+                .bind::<Text, _>(burst.room_id.as_str())
+                .bind::<Text, _>(burst.sender_id.as_str())
+                .load(conn))?;
+            let Some(latest) = latest.into_iter().next() else {
+                continue;
+            };
+            run!(diesel::sql_query(sql_for(&*conn, MOVE_BURST_SQL))
+                .bind::<Text, _>(burst.room_id.as_str())
+                .bind::<Text, _>(burst.recipient_id.as_str())
+                .bind::<BigInt, _>(latest.last_seq)
+                .bind::<BigInt, _>(now.unix_micros())
+                .execute(conn))?;
+            run!(diesel::sql_query(sql_for(&*conn, INSERT_DELIVERY_SQL))
+                .bind::<Text, _>(delivery_id.as_str())
+                .bind::<Text, _>(burst.room_id.as_str())
+                .bind::<Text, _>(burst.recipient_id.as_str())
+                .bind::<Text, _>(burst.sender_id.as_str())
+                .bind::<BigInt, _>(latest.unseen_count)
+                .bind::<BigInt, _>(latest.last_seq)
+                .bind::<BigInt, _>(latest.last_sent_at)
+                .bind::<BigInt, _>(now.unix_micros())
+                .execute(conn))?;
+            let row = DeliveryRow {
+                delivery_id: delivery_id.clone(),
+                room_id: burst.room_id.as_str().to_owned(),
+                recipient_id: burst.recipient_id.as_str().to_owned(),
+                sender_id: burst.sender_id.as_str().to_owned(),
+                unseen_count: latest.unseen_count,
+                last_seq: latest.last_seq,
+                last_sent_at: latest.last_sent_at,
+                created_at: now.unix_micros(),
+                attempts: 0,
+                next_attempt_at: now.unix_micros(),
+                locked_until: None,
+                last_error: None,
+                failed_at: None,
+            };
+            made.push(row.to_delivery()?);
+        }
+        Ok(made)
     }
 
     /// Whether a delivery is due at `now`.
@@ -443,11 +460,16 @@ db_run! {
         Ok(rows.into_iter().next().and_then(|r| r.body))
     }
 
-    /// Deletes a delivered delivery.
-    fn delivered(conn, delivery_id: &str) -> Result<(), TxError> {
-        run!(diesel::sql_query(sql_for(&*conn, DELETE_DELIVERY_SQL))
-            .bind::<Text, _>(delivery_id)
-            .execute(conn))?;
+    /// Deletes delivered deliveries (at most [`DELETE_CHUNK`]).
+    fn delivered(conn, delivery_ids: &[String]) -> Result<(), TxError> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        let mut query = boxed(&*conn, &delete_sql(delivery_ids.len()));
+        for id in delivery_ids {
+            query = query.bind::<Text, _>(id.as_str());
+        }
+        run!(query.execute(conn))?;
         Ok(())
     }
 
@@ -537,25 +559,13 @@ fn due_sql(n: usize) -> String {
     sql
 }
 
-fn scan_page(rows: &[ScanRow], limit: u32) -> Result<ScanPage, TxError> {
-    let mut candidates = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for row in rows {
-        if seen.insert((row.room_id.as_str(), row.sender_id.as_str())) {
-            candidates.push(Candidate {
-                room_id: room_id("messages.room_id", &row.room_id)?,
-                sender_id: user_id("messages.sender_id", &row.sender_id)?,
-            });
-        }
-    }
-    let more_from = match rows.last() {
-        Some(last) if rows.len() >= limit as usize => Some(time("messages.sent_at", last.sent_at)?),
-        _ => None,
-    };
-    Ok(ScanPage {
-        candidates,
-        more_from,
-    })
+/// Deletes `n` deliveries by id.
+fn delete_sql(n: usize) -> String {
+    let binds: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!(
+        "DELETE FROM webhook_deliveries WHERE delivery_id IN ({})",
+        binds.join(", ")
+    )
 }
 
 fn burst_page_of(rows: &[BurstRow], limit: u32) -> Result<BurstPage, TxError> {

@@ -38,12 +38,11 @@ macro_rules! webhook_store_via {
                 &self,
                 after: chat_domain::Timestamp,
                 up_to: chat_domain::Timestamp,
-                limit: u32,
-            ) -> Result<$crate::webhooks::ScanPage, $crate::error::StoreError> {
+            ) -> Result<Vec<$crate::webhooks::Candidate>, $crate::error::StoreError> {
                 let inner = self.inner.clone();
                 let (after, up_to) = (after.unix_micros(), up_to.unix_micros());
                 $crate::support::detached(&self.runtime, async move {
-                    $read!(inner, unseen_between(after, up_to, limit.max(1)))
+                    $read!(inner, unseen_between(after, up_to))
                 })
                 .await
             }
@@ -93,18 +92,27 @@ macro_rules! webhook_store_via {
                 Ok(due)
             }
 
-            async fn open_burst(
+            async fn open_bursts(
                 &self,
-                burst: &$crate::webhooks::DueBurst,
+                bursts: &[$crate::webhooks::DueBurst],
                 now: chat_domain::Timestamp,
                 rule: $crate::webhooks::DueRule,
-            ) -> Result<Option<$crate::webhooks::Delivery>, $crate::error::StoreError> {
-                let (inner, burst) = (self.inner.clone(), burst.clone());
-                let id = uuid::Uuid::new_v4().hyphenated().to_string();
-                $crate::support::detached(&self.runtime, async move {
-                    $write!(inner, open_burst(&burst, now, rule, &id))
-                })
-                .await
+            ) -> Result<Vec<$crate::webhooks::Delivery>, $crate::error::StoreError> {
+                let mut made = Vec::new();
+                for chunk in bursts.chunks($crate::webhooks::OPEN_CHUNK) {
+                    let (inner, chunk) = (self.inner.clone(), chunk.to_vec());
+                    let ids: Vec<String> = chunk
+                        .iter()
+                        .map(|_| uuid::Uuid::new_v4().hyphenated().to_string())
+                        .collect();
+                    made.extend(
+                        $crate::support::detached(&self.runtime, async move {
+                            $write!(inner, open_bursts(&chunk, now, rule, &ids))
+                        })
+                        .await?,
+                    );
+                }
+                Ok(made)
             }
 
             async fn claim(
@@ -140,13 +148,18 @@ macro_rules! webhook_store_via {
                 .await
             }
 
-            async fn delivered(&self, delivery_id: &str) -> Result<(), $crate::error::StoreError> {
-                let (inner, id) = (self.inner.clone(), delivery_id.to_owned());
-                $crate::support::detached(
-                    &self.runtime,
-                    async move { $write!(inner, delivered(&id)) },
-                )
-                .await
+            async fn delivered(
+                &self,
+                delivery_ids: &[String],
+            ) -> Result<(), $crate::error::StoreError> {
+                for chunk in delivery_ids.chunks($crate::webhooks::statements::DELETE_CHUNK) {
+                    let (inner, chunk) = (self.inner.clone(), chunk.to_vec());
+                    $crate::support::detached(&self.runtime, async move {
+                        $write!(inner, delivered(&chunk))
+                    })
+                    .await?;
+                }
+                Ok(())
             }
 
             async fn retry_at(
