@@ -21,6 +21,7 @@ export const ERROR_CODES = Object.freeze({
   INVALID_FRAME: "invalid_frame",
   RATE_LIMITED: "rate_limited",
   ROOM_CLOSED: "room_closed",
+  NOT_ALLOWED: "not_allowed",
   INTERNAL: "internal",
 });
 
@@ -55,6 +56,7 @@ export const CLOSE = Object.freeze({
   SLOW_CONSUMER: Object.freeze({ code: 1008, reason: "slow_consumer" }),
   FRAME_TOO_BIG: Object.freeze({ code: 1009, reason: "frame_too_big" }),
   INTERNAL: Object.freeze({ code: 1011, reason: "internal" }),
+  ACCOUNT_DELETED: Object.freeze({ code: 1008, reason: "account_deleted" }),
   TOO_MANY_CONNECTIONS: Object.freeze({ code: 1013, reason: "too_many_connections" }),
   RESYNC: Object.freeze({ code: 1013, reason: "resync" }),
 });

@@ -129,7 +129,7 @@ pub async fn open(target: &Target, source: Option<IpAddr>, token: &str) -> Resul
             .map_err(|e| format!("before ready: {e}"))?;
         match message {
             Message::Text(text) => match serde_json::from_str::<ServerFrame>(&text) {
-                Ok(ServerFrame::Ready { user_id, rooms }) => {
+                Ok(ServerFrame::Ready { user_id, rooms, .. }) => {
                     return Ok(Authed {
                         ws,
                         rooms,

@@ -60,6 +60,7 @@ impl Service {
         let body = IssueToken {
             user_id: user.to_owned(),
             ttl_seconds: Some(TOKEN_TTL_SECS),
+            presence: None,
         };
         self.agent
             .post(format!("{}/api/tokens", self.base))

@@ -38,6 +38,12 @@ pub enum DomainError {
     ConflictingCursors,
     #[error("timestamp out of range")]
     InvalidTimestamp,
+    #[error("only the sender of a message can unsend it")]
+    NotYourMessage,
+    #[error("the unsend window of this message has passed")]
+    UnsendWindowPassed,
+    #[error("no message with this seq in the room")]
+    NoSuchMessage,
 }
 
 impl DomainError {
@@ -59,6 +65,9 @@ impl DomainError {
             Self::OwnMessage => "own_message",
             Self::ConflictingCursors => "conflicting_cursors",
             Self::InvalidTimestamp => "invalid_timestamp",
+            Self::NotYourMessage => "not_your_message",
+            Self::UnsendWindowPassed => "unsend_window_passed",
+            Self::NoSuchMessage => "no_such_message",
         }
     }
 
@@ -71,6 +80,7 @@ impl DomainError {
             Self::BodyInvalid | Self::BodyUnpairedBidi => ErrorCode::BodyInvalid,
             Self::NotAMember | Self::OwnMessage => ErrorCode::NotAMember,
             Self::RoomClosed => ErrorCode::RoomClosed,
+            Self::NotYourMessage | Self::UnsendWindowPassed => ErrorCode::NotAllowed,
             Self::InvalidUserId
             | Self::InvalidRoomId
             | Self::InvalidClientMsgId
@@ -78,7 +88,8 @@ impl DomainError {
             | Self::InvalidSeq
             | Self::SameMembers
             | Self::ConflictingCursors
-            | Self::InvalidTimestamp => ErrorCode::InvalidFrame,
+            | Self::InvalidTimestamp
+            | Self::NoSuchMessage => ErrorCode::InvalidFrame,
         }
     }
 }
@@ -105,6 +116,9 @@ mod tests {
             DomainError::OwnMessage,
             DomainError::ConflictingCursors,
             DomainError::InvalidTimestamp,
+            DomainError::NotYourMessage,
+            DomainError::UnsendWindowPassed,
+            DomainError::NoSuchMessage,
         ];
         let mut seen = std::collections::HashSet::new();
         for e in &all {

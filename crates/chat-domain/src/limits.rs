@@ -11,3 +11,7 @@ pub const HISTORY_WINDOW: u32 = 300;
 
 /// User ids, room ids and client message ids are at most this many characters.
 pub const MAX_ID_CHARS: usize = 64;
+
+/// A room list page (`ready`, `rooms`) holds at most this many rooms: 1,000 rooms made a
+/// 122 KB `ready` frame, and some WebSocket clients refuse frames over 1 MiB.
+pub const ROOMS_PAGE: usize = 200;

@@ -97,6 +97,8 @@ close_reasons! {
     FrameTooBig = (1009, "frame_too_big"),
     /// The server could not load the user's rooms.
     Internal = (1011, "internal"),
+    /// The user's account was erased (`DELETE /api/users/{id}`).
+    AccountDeleted = (1008, "account_deleted"),
     /// The user holds the most connections allowed.
     TooManyConnections = (1013, "too_many_connections"),
     /// The server lost track of events; reconnect and catch up.
@@ -130,6 +132,25 @@ pub enum ClientFrame {
         room_id: RoomId,
         up_to_seq: Seq,
     },
+    /// Protocol 1.1: the user is composing in this room (never stored).
+    Typing {
+        room_id: RoomId,
+    },
+    /// Protocol 1.1: this device got the other member's messages up to `up_to_seq`.
+    Received {
+        room_id: RoomId,
+        up_to_seq: Seq,
+    },
+    /// Protocol 1.1: unsend one's own message.
+    Delete {
+        room_id: RoomId,
+        seq: Seq,
+    },
+    /// Protocol 1.1: the next page of the room list, after a cursor.
+    Rooms {
+        before_activity_at: Timestamp,
+        before_room_id: RoomId,
+    },
 }
 
 impl ClientFrame {
@@ -140,9 +161,16 @@ impl ClientFrame {
             Self::History { .. } => "history",
             Self::Send { .. } => "send",
             Self::Seen { .. } => "seen",
+            Self::Typing { .. } => "typing",
+            Self::Received { .. } => "received",
+            Self::Delete { .. } => "delete",
+            Self::Rooms { .. } => "rooms",
         }
     }
 }
+
+/// The protocol version a server speaks, in its `ready` frame.
+pub const PROTOCOL_VERSION: &str = "1.1";
 
 /// The request id of a client frame (`"req"`), read apart from the frame itself: it belongs
 /// to the envelope, so it works the same for every frame type, and a frame that is malformed
@@ -190,8 +218,19 @@ impl Reply<'_> {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     Ready {
+        /// [`PROTOCOL_VERSION`] (protocol 1.1; absent before).
+        #[serde(default)]
+        protocol: String,
         user_id: UserId,
         rooms: Vec<RoomSummary>,
+        /// True when the user has more rooms than this frame lists (`rooms` pages them).
+        #[serde(default)]
+        more_rooms: bool,
+    },
+    /// A page of the room list, answering a `rooms` request.
+    Rooms {
+        rooms: Vec<RoomSummary>,
+        more_rooms: bool,
     },
     RoomOpened {
         room: RoomSummary,
@@ -213,6 +252,30 @@ pub enum ServerFrame {
         up_to_seq: Seq,
         seen_at: Timestamp,
     },
+    /// The other member is composing.
+    Typing {
+        room_id: RoomId,
+        user_id: UserId,
+    },
+    /// `reader_id`'s devices got the other member's messages up to `up_to_seq`.
+    Delivered {
+        room_id: RoomId,
+        reader_id: UserId,
+        up_to_seq: Seq,
+        delivered_at: Timestamp,
+    },
+    /// Message `seq` was deleted: its body is gone.
+    MessageDeleted {
+        room_id: RoomId,
+        seq: Seq,
+        deleted_at: Timestamp,
+    },
+    /// A user who shares an open room came online or went offline.
+    Presence {
+        user_id: UserId,
+        online: bool,
+        last_active_at: Option<Timestamp>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -231,6 +294,11 @@ impl ServerFrame {
             Self::History { .. } => "history",
             Self::Message { .. } => "message",
             Self::Seen { .. } => "seen",
+            Self::Rooms { .. } => "rooms",
+            Self::Typing { .. } => "typing",
+            Self::Delivered { .. } => "delivered",
+            Self::MessageDeleted { .. } => "message_deleted",
+            Self::Presence { .. } => "presence",
             Self::Error { .. } => "error",
         }
     }
@@ -265,6 +333,7 @@ wire_enum! {
         InvalidFrame = "invalid_frame",
         RateLimited = "rate_limited",
         RoomClosed = "room_closed",
+        NotAllowed = "not_allowed",
         Internal = "internal",
     }
 }
@@ -314,6 +383,10 @@ pub mod api {
         pub user_id: String,
         #[serde(default)]
         pub ttl_seconds: Option<u64>,
+        /// `false` issues a token whose connections hide the user's presence (protocol 1.1:
+        /// "hide my online status"). Default: shown.
+        #[serde(default)]
+        pub presence: Option<bool>,
     }
 
     /// Reply of `POST /api/tokens`.

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DomainError;
 use crate::ids::{RoomId, Seq, UserId};
+use crate::message::Message;
+use crate::presence::Presence;
 use crate::timestamp::Timestamp;
 
 /// Two distinct users, kept in a canonical (sorted) order so a pair has one spelling whatever
@@ -85,14 +87,27 @@ impl Room {
 pub struct RoomSummary {
     pub room_id: RoomId,
     pub members: Vec<UserId>,
-    /// The seq of the room's newest message; 0 when it has none.
     pub last_seq: u64,
-    /// Messages from the other member this user has not marked seen.
     pub unread: u64,
     pub closed: bool,
+    /// The other member's presence (protocol 1.1); left out when presence is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Presence>,
+    /// The newest message (a tombstone too), or null in a room without messages.
+    #[serde(default)]
+    pub last_message: Option<Message>,
+    /// How far the other member has seen this user's messages (0: none).
+    #[serde(default)]
+    pub peer_seen_up_to: u64,
+    /// How far the other member's devices have received this user's messages (0: none).
+    #[serde(default)]
+    pub peer_delivered_up_to: u64,
+    /// The newest message's `sent_at`, else the room's creation time: the room list's order.
+    pub last_activity_at: Timestamp,
 }
 
 impl RoomSummary {
+    /// A room as it is at creation: no messages, no watermarks, no presence yet.
     pub fn new(room: &Room, last_seq: Option<Seq>, unread: u64) -> Self {
         Self {
             room_id: room.id.clone(),
@@ -100,8 +115,37 @@ impl RoomSummary {
             last_seq: last_seq.map_or(0, Seq::get),
             unread,
             closed: room.is_closed(),
+            peer: None,
+            last_message: None,
+            peer_seen_up_to: 0,
+            peer_delivered_up_to: 0,
+            last_activity_at: room.created_at,
         }
     }
+
+    /// The cursor of the page after this room (`rooms` frames).
+    pub fn cursor(&self) -> RoomsCursor {
+        RoomsCursor {
+            before_activity_at: self.last_activity_at,
+            before_room_id: self.room_id.clone(),
+        }
+    }
+}
+
+/// Where a page of a user's room list starts: rooms strictly before this one in the list's
+/// order (`last_activity_at`, then `room_id`, both descending).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsCursor {
+    pub before_activity_at: Timestamp,
+    pub before_room_id: RoomId,
+}
+
+/// A page of a user's rooms.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoomsPage {
+    pub rooms: Vec<RoomSummary>,
+    /// True when rooms follow this page.
+    pub more: bool,
 }
 
 #[cfg(test)]

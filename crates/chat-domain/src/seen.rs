@@ -131,10 +131,11 @@ mod tests {
             room_id: RoomId::new("r").unwrap(),
             seq: seq(n),
             sender_id: user(sender),
-            body: Body::new("hi").unwrap(),
+            body: Some(Body::new("hi").unwrap()),
             sent_at: ts(sent),
             seen_at: None,
             client_msg_id: ClientMsgId::new(format!("c{n}")).unwrap(),
+            deleted_at: None,
         }
     }
     fn wm(reader: &str, n: u64) -> Watermark {

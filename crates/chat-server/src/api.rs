@@ -32,6 +32,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(crate::moderation::room_messages)),
                 )
                 .service(
+                    resource("/rooms/{room_id}/messages/{seq}")
+                        .route(web::delete().to(crate::moderation::delete_message)),
+                )
+                .service(
                     resource("/users/{user_id}/export")
                         .route(web::get().to(crate::privacy::export)),
                 )
@@ -187,14 +191,19 @@ async fn issue_token(
             message: format!("ttl_seconds must be between 1 and {max} (CHAT_MAX_TOKEN_TTL_SECS)"),
         });
     }
-    Ok(HttpResponse::Ok().json(token_for(&state, &user, ttl)?))
+    Ok(HttpResponse::Ok().json(token_for(&state, &user, ttl, request.presence)?))
 }
 
-/// Signs a token for `user`.
-pub fn token_for(state: &AppState, user: &UserId, ttl: u64) -> Result<TokenIssued, ServerError> {
+/// Signs a token for `user`; `presence: Some(false)` hides the user's presence.
+pub fn token_for(
+    state: &AppState,
+    user: &UserId,
+    ttl: u64,
+    presence: Option<bool>,
+) -> Result<TokenIssued, ServerError> {
     let (token, exp) = state
         .tokens
-        .issue(user, state.clock.now(), ttl)
+        .issue_with(user, state.clock.now(), ttl, presence)
         .map_err(|_| ServerError::Internal)?;
     let expires_at = Timestamp::from_unix_micros(exp.saturating_mul(1_000_000))
         .map_err(|_| ServerError::Internal)?;

@@ -28,6 +28,9 @@ pub struct Claims {
     pub iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+    /// `false`: this token's connections hide the user's presence (protocol 1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
 }
 
 /// A verified user token.
@@ -36,6 +39,8 @@ pub struct Verified {
     pub user: UserId,
     /// Unix seconds at which the token stops being valid.
     pub expires_at: i64,
+    /// The token's `presence` claim was `false`: the user appears offline.
+    pub hide_presence: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +92,17 @@ impl TokenKeys {
         now: Timestamp,
         ttl_secs: u64,
     ) -> Result<(String, i64), AuthError> {
+        self.issue_with(user, now, ttl_secs, None)
+    }
+
+    /// [`TokenKeys::issue`] with the `presence` claim (`Some(false)` hides presence).
+    pub fn issue_with(
+        &self,
+        user: &UserId,
+        now: Timestamp,
+        ttl_secs: u64,
+        presence: Option<bool>,
+    ) -> Result<(String, i64), AuthError> {
         let iat = now.unix_seconds();
         let exp = iat.saturating_add(i64::try_from(ttl_secs).map_err(|_| AuthError::Signing)?);
         let claims = Claims {
@@ -94,6 +110,7 @@ impl TokenKeys {
             exp,
             iat: Some(iat),
             nbf: None,
+            presence,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|_| AuthError::Signing)?;
@@ -120,6 +137,7 @@ impl TokenKeys {
         Ok(Verified {
             user,
             expires_at: data.claims.exp,
+            hide_presence: data.claims.presence == Some(false),
         })
     }
 }
@@ -171,6 +189,7 @@ mod tests {
             exp,
             iat,
             nbf,
+            presence: None,
         }
     }
 

@@ -54,6 +54,20 @@ pub struct Config {
     )]
     pub bus_sweep_ms: u64,
 
+    /// Seconds after a message's `sent_at` during which its sender may unsend it (protocol
+    /// 1.1 `delete`); 0 = no limit.
+    #[arg(
+        long = "unsend-window-secs",
+        env = "CHAT_UNSEND_WINDOW_SECS",
+        default_value_t = 86_400
+    )]
+    pub unsend_window_secs: u64,
+
+    /// Presence of matches (protocol 1.1): `on`, or `off` to turn the feature off entirely
+    /// (no `peer` in room summaries, no `presence` frames, nothing recorded).
+    #[arg(long = "presence", env = "CHAT_PRESENCE", default_value = "on", value_parser = ["on", "off"])]
+    pub presence: String,
+
     /// The host app's key for the service API (`Authorization: Bearer KEY`).
     #[arg(long = "service-key", env = "CHAT_SERVICE_KEY", hide_env_values = true)]
     pub service_key: Option<String>,
@@ -251,6 +265,11 @@ pub enum ConfigError {
 pub const MIN_SECRET_BYTES: usize = 32;
 
 impl Config {
+    /// True unless `CHAT_PRESENCE=off`.
+    pub fn presence_enabled(&self) -> bool {
+        self.presence != "off"
+    }
+
     /// Checks what clap cannot: secrets present outside demo mode, sane numbers.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.demo {

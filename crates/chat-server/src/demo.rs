@@ -26,6 +26,9 @@ struct DemoConfig<'a> {
 #[derive(Deserialize)]
 struct DemoLogin {
     user_id: String,
+    /// As in `POST /api/tokens`: `false` hides the user's presence.
+    #[serde(default)]
+    presence: Option<bool>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -81,5 +84,10 @@ async fn token(
             message: "demo users are alice and bob".into(),
         });
     }
-    Ok(HttpResponse::Ok().json(token_for(&state, &user, DEMO_TOKEN_TTL_SECS)?))
+    Ok(HttpResponse::Ok().json(token_for(
+        &state,
+        &user,
+        DEMO_TOKEN_TTL_SECS,
+        login.presence,
+    )?))
 }

@@ -27,6 +27,7 @@ mod error;
 mod metrics;
 mod moderation;
 mod origin;
+mod presence;
 mod privacy;
 mod ratelimit;
 mod registry;
@@ -156,6 +157,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         store.clone(),
         clock.clone(),
         writers,
+        &node,
         engine,
     );
     if let (Some(settings), Some(hooks)) = (webhook_settings, &webhook_store) {
@@ -178,6 +180,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         origins: OriginPolicy::new(config.origins()),
         limiter: handles.limiter,
         requests: handles.requests,
+        typing: handles.typing,
         key_failures: handles.key_failures,
         page_csp: assets::content_security_policy(&frame_ancestors),
         frame_ancestors,

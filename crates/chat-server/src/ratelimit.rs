@@ -57,6 +57,10 @@ pub type SendLimiter = KeyedLimiter<UserId>;
 pub enum RequestKind {
     History,
     Seen,
+    Received,
+    Delete,
+    Rooms,
+    Typing,
 }
 
 impl RequestKind {
@@ -64,9 +68,17 @@ impl RequestKind {
         match self {
             Self::History => "history",
             Self::Seen => "seen",
+            Self::Received => "received",
+            Self::Delete => "delete",
+            Self::Rooms => "rooms",
+            Self::Typing => "typing",
         }
     }
 }
+
+/// Typing notices forwarded: one per second per user and room (protocol 1.1); the rest are
+/// dropped silently. Kept per node: a user typing through two nodes at once may get two.
+pub type TypingLimiter = KeyedLimiter<(UserId, chat_domain::RoomId)>;
 
 /// Per user and request type: `CHAT_REQUEST_RATE_BURST` at once, then
 /// `CHAT_REQUEST_RATE_PER_SEC`. The defaults (200, 20/s) sit far above what the page asks
@@ -165,15 +177,22 @@ impl KeyFailuresInner {
 pub fn spawn_housekeeping(
     sends: &SendLimiter,
     requests: &RequestLimiter,
+    typing: &TypingLimiter,
     key_failures: &Arc<KeyFailures>,
 ) -> tokio::task::JoinHandle<()> {
-    let (sends, requests, key_failures) = (sends.clone(), requests.clone(), key_failures.clone());
+    let (sends, requests, typing, key_failures) = (
+        sends.clone(),
+        requests.clone(),
+        typing.clone(),
+        key_failures.clone(),
+    );
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             sends.housekeeping();
             requests.housekeeping();
+            typing.housekeeping();
             key_failures.housekeeping();
         }
     })

@@ -90,6 +90,8 @@ struct Conn {
     id: ConnId,
     mailbox: mpsc::Sender<Delivery>,
     kick: Option<oneshot::Sender<Kick>>,
+    /// Opened with a token that does not hide presence.
+    visible: bool,
 }
 
 impl Conn {
@@ -111,7 +113,14 @@ type Admission = (ConnId, mpsc::Receiver<Delivery>, oneshot::Receiver<Kick>);
 enum Command {
     Register {
         user: UserId,
+        visible: bool,
         reply: oneshot::Sender<Result<Admission, RegisterError>>,
+    },
+    /// A frame that is never stored (typing, presence) for some users' connections, here
+    /// and on the other nodes.
+    Ephemeral {
+        users: Vec<UserId>,
+        frame: String,
     },
     Unregister {
         user: UserId,
@@ -139,6 +148,10 @@ pub struct RegistryConfig {
     pub mailbox_capacity: usize,
     /// For the commit-to-mailbox delay.
     pub clock: Arc<dyn chat_domain::Clock>,
+    /// Where a user's presence on this node is reported when it changes: `Some(visible)`
+    /// while they have connections here, `None` once the last is gone (`presence.rs`).
+    /// `None` when presence is off (`CHAT_PRESENCE=off`): then summaries carry no `peer`.
+    pub presence: Option<mpsc::UnboundedSender<(UserId, Option<bool>)>>,
 }
 
 /// What a registry of a cluster node needs beyond the local event bus.
@@ -149,6 +162,8 @@ pub struct ClusterInputs {
     pub store: Arc<dyn Repository>,
     /// How often the rooms this node serves are swept for messages whose notice was lost.
     pub sweep_every: Duration,
+    /// Where ephemeral frames go to be published for the other nodes.
+    pub ephemeral_out: mpsc::Sender<Item>,
 }
 
 impl RegistryHandle {
@@ -168,6 +183,7 @@ impl RegistryHandle {
             count: count_tx,
             cluster: None,
             warming: HashMap::new(),
+            ephemeral_out: None,
         };
         let task = tokio::spawn(registry.run(rx, events, cluster));
         (
@@ -179,11 +195,17 @@ impl RegistryHandle {
         )
     }
 
-    pub async fn register(&self, user: UserId) -> Result<Registration, RegisterError> {
+    /// Registers a connection of `user`; `visible` is false when its token hides presence.
+    pub async fn register(
+        &self,
+        user: UserId,
+        visible: bool,
+    ) -> Result<Registration, RegisterError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Register {
                 user: user.clone(),
+                visible,
                 reply,
             })
             .await
@@ -205,6 +227,15 @@ impl RegistryHandle {
     /// single node ignores it).
     pub async fn track(&self, user: UserId, id: ConnId, rooms: Vec<(RoomId, Members, u64)>) {
         let _ = self.commands.send(Command::Track { user, id, rooms }).await;
+    }
+
+    /// Delivers a frame that is never stored to every connection of `users`, on this node
+    /// and (through the cluster bus) on the others.
+    pub async fn ephemeral(&self, users: Vec<UserId>, frame: String) {
+        let _ = self
+            .commands
+            .send(Command::Ephemeral { users, frame })
+            .await;
     }
 
     /// Closes every connection with 1001 and refuses new ones.
@@ -258,6 +289,8 @@ struct Registry {
     /// is, an event of a room of theirs that is not tracked is left to the `Track` and the
     /// sweep, so the room's cursor starts where that `ready` said, not at the event.
     warming: HashMap<UserId, Vec<ConnId>>,
+    /// Where ephemeral frames go for the other nodes (a cluster node only).
+    ephemeral_out: Option<mpsc::Sender<Item>>,
 }
 
 /// A cluster node's registry state: the sequencer, and the tasks it starts.
@@ -280,6 +313,7 @@ impl Registry {
         let (swept_tx, mut swept) = mpsc::channel(4);
         let (mut incoming, sweep_every) = match cluster {
             Some(inputs) => {
+                self.ephemeral_out = Some(inputs.ephemeral_out);
                 self.cluster = Some(Cluster {
                     sequencer: Sequencer::default(),
                     store: inputs.store,
@@ -415,24 +449,45 @@ impl Registry {
                 room,
                 members,
                 created_at,
+                presence,
             } => {
                 if let Some(members) = notice_members(&members) {
-                    if self.serves(&members)
-                        && let Some(sequencer) = self.sequencer()
-                    {
-                        sequencer.snapshot(room.clone(), members.clone(), 0);
-                    }
                     let room = Room {
                         id: room,
                         members,
                         created_at,
                         closed_at: None,
                     };
-                    let frame = ServerFrame::RoomOpened {
-                        room: RoomSummary::new(&room, None, 0),
-                    };
-                    self.deliver(room.members.as_slice(), &frame);
+                    self.room_opened(&room, &presence);
                 }
+            }
+            Item::Delivered {
+                room,
+                members,
+                reader,
+                up_to,
+                at,
+            } => {
+                let frame = ServerFrame::Delivered {
+                    room_id: room,
+                    reader_id: reader,
+                    up_to_seq: up_to,
+                    delivered_at: at,
+                };
+                self.deliver(&members, &frame);
+            }
+            Item::Deleted {
+                room,
+                members,
+                seq,
+                at,
+            } => {
+                let frame = ServerFrame::MessageDeleted {
+                    room_id: room,
+                    seq,
+                    deleted_at: at,
+                };
+                self.deliver(&members, &frame);
             }
             Item::RoomClosed { room, members, .. } => {
                 self.deliver(&members, &ServerFrame::RoomClosed { room_id: room });
@@ -511,14 +566,21 @@ impl Registry {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Register { user, reply } => {
-                let result = self.register(&user);
+            Command::Register {
+                user,
+                visible,
+                reply,
+            } => {
+                let before = self.presence_here(&user);
+                let result = self.register(&user, visible);
+                self.report_presence(&user, before);
                 if let Err(error) = &result {
                     tracing::info!(user = %user, %error, "connection refused");
                 }
                 let _ = reply.send(result);
             }
             Command::Unregister { user, id } => {
+                let before = self.presence_here(&user);
                 self.stop_warming(&user, id);
                 if let Some(conns) = self.users.get_mut(&user) {
                     conns.retain(|c| c.id != id);
@@ -530,7 +592,29 @@ impl Registry {
                         }
                     }
                 }
+                self.report_presence(&user, before);
                 self.publish_count();
+            }
+            Command::Ephemeral { users, frame } => {
+                let kind = "ephemeral";
+                if let Some(out) = &self.ephemeral_out {
+                    let item = Item::Ephemeral {
+                        users: users.clone(),
+                        frame: frame.clone(),
+                    };
+                    if out.try_send(item).is_err() {
+                        tracing::debug!("cluster publisher busy; an ephemeral frame stays local");
+                    }
+                }
+                self.deliver_text(
+                    &users,
+                    kind,
+                    Delivery {
+                        text: ByteString::from(frame),
+                        message: None,
+                        at: Some(std::time::Instant::now()),
+                    },
+                );
             }
             Command::Track { user, id, rooms } => {
                 if let Some(sequencer) = self.sequencer() {
@@ -547,7 +631,26 @@ impl Registry {
         }
     }
 
-    fn register(&mut self, user: &UserId) -> Result<Admission, RegisterError> {
+    /// `user`'s presence on this node: `None` without connections, else whether one of them
+    /// shows presence.
+    fn presence_here(&self, user: &UserId) -> Option<bool> {
+        self.users
+            .get(user)
+            .filter(|conns| !conns.is_empty())
+            .map(|conns| conns.iter().any(|c| c.visible))
+    }
+
+    /// Tells the presence service when `user`'s presence here changed from `before`.
+    fn report_presence(&self, user: &UserId, before: Option<bool>) {
+        let now = self.presence_here(user);
+        if now != before
+            && let Some(presence) = &self.config.presence
+        {
+            let _ = presence.send((user.clone(), now));
+        }
+    }
+
+    fn register(&mut self, user: &UserId, visible: bool) -> Result<Admission, RegisterError> {
         if self.shutting_down {
             return Err(RegisterError::ShuttingDown);
         }
@@ -563,6 +666,7 @@ impl Registry {
             id,
             mailbox,
             kick: Some(kick),
+            visible,
         });
         if self.cluster.is_some() {
             self.warming.entry(user.clone()).or_default().push(id);
@@ -629,16 +733,34 @@ impl Registry {
                 };
                 self.deliver(members.as_slice(), &frame);
             }
-            StoreEvent::RoomOpened { room } => {
-                if self.serves(&room.members)
-                    && let Some(sequencer) = self.sequencer()
-                {
-                    sequencer.snapshot(room.id.clone(), room.members.clone(), 0);
-                }
-                let frame = ServerFrame::RoomOpened {
-                    room: RoomSummary::new(room, None, 0),
+            StoreEvent::RoomOpened { room, presence } => self.room_opened(room, presence),
+            StoreEvent::DeliveredMarked {
+                room_id,
+                members,
+                reader,
+                up_to,
+                delivered_at,
+            } => {
+                let frame = ServerFrame::Delivered {
+                    room_id: room_id.clone(),
+                    reader_id: reader.clone(),
+                    up_to_seq: *up_to,
+                    delivered_at: *delivered_at,
                 };
-                self.deliver(room.members.as_slice(), &frame);
+                self.deliver(members.as_slice(), &frame);
+            }
+            StoreEvent::MessageDeleted {
+                room_id,
+                members,
+                seq,
+                deleted_at,
+            } => {
+                let frame = ServerFrame::MessageDeleted {
+                    room_id: room_id.clone(),
+                    seq: *seq,
+                    deleted_at: *deleted_at,
+                };
+                self.deliver(members.as_slice(), &frame);
             }
             StoreEvent::RoomClosed { room } => {
                 let frame = ServerFrame::RoomClosed {
@@ -646,6 +768,31 @@ impl Registry {
                 };
                 self.deliver(room.members.as_slice(), &frame);
             }
+        }
+    }
+
+    /// A new room: each member's `room_opened` shows the other member's presence (when
+    /// presence is on), so the two frames differ.
+    fn room_opened(&mut self, room: &Room, presence: &[(UserId, chat_domain::Presence)]) {
+        if self.serves(&room.members)
+            && let Some(sequencer) = self.sequencer()
+        {
+            sequencer.snapshot(room.id.clone(), room.members.clone(), 0);
+        }
+        for member in room.members.as_slice() {
+            let mut summary = RoomSummary::new(room, None, 0);
+            if self.config.presence.is_some()
+                && let Ok(peer) = room.members.other(member)
+            {
+                let shown = presence
+                    .iter()
+                    .find(|(user, _)| user == peer)
+                    .map(|(_, p)| *p)
+                    .unwrap_or_default();
+                summary.peer = Some(shown);
+            }
+            let frame = ServerFrame::RoomOpened { room: summary };
+            self.deliver(std::slice::from_ref(member), &frame);
         }
     }
 
@@ -721,10 +868,11 @@ mod tests {
             room_id: RoomId::new("r1").unwrap(),
             seq: Seq::new(seq).unwrap(),
             sender_id: user("alice"),
-            body: Body::new("hi").unwrap(),
+            body: Some(Body::new("hi").unwrap()),
             sent_at: Timestamp::from_unix_micros(1).unwrap(),
             seen_at: None,
             client_msg_id: ClientMsgId::new(format!("c{seq}")).unwrap(),
+            deleted_at: None,
         };
         StoreEvent::MessageCommitted { members, message }
     }
@@ -738,6 +886,7 @@ mod tests {
                 clock: Arc::new(chat_domain::FixedClock(
                     Timestamp::from_unix_micros(0).unwrap(),
                 )),
+                presence: None,
             },
             bus.subscribe(),
             None,
@@ -748,10 +897,10 @@ mod tests {
     #[tokio::test]
     async fn fans_out_to_every_connection_of_both_members_only() {
         let (registry, bus) = start(4, 8);
-        let mut alice1 = registry.register(user("alice")).await.unwrap();
-        let mut alice2 = registry.register(user("alice")).await.unwrap();
-        let mut bob = registry.register(user("bob")).await.unwrap();
-        let mut carol = registry.register(user("carol")).await.unwrap();
+        let mut alice1 = registry.register(user("alice"), true).await.unwrap();
+        let mut alice2 = registry.register(user("alice"), true).await.unwrap();
+        let mut bob = registry.register(user("bob"), true).await.unwrap();
+        let mut carol = registry.register(user("carol"), true).await.unwrap();
         bus.publish(message_event(1));
         for conn in [&mut alice1, &mut alice2, &mut bob] {
             let frame = conn.mailbox.recv().await.unwrap_or_default().text;
@@ -772,8 +921,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_does_not_read_is_kicked_not_buffered() {
         let (registry, bus) = start(4, 2);
-        let slow = registry.register(user("bob")).await.unwrap();
-        let mut fast = registry.register(user("alice")).await.unwrap();
+        let slow = registry.register(user("bob"), true).await.unwrap();
+        let mut fast = registry.register(user("alice"), true).await.unwrap();
         for seq in 1..=3 {
             bus.publish(message_event(seq));
             // Alice reads; her mailbox never fills.
@@ -787,19 +936,19 @@ mod tests {
     #[tokio::test]
     async fn caps_connections_per_user_and_frees_a_slot_on_drop() {
         let (registry, _bus) = start(2, 8);
-        let first = registry.register(user("alice")).await.unwrap();
-        let _second = registry.register(user("alice")).await.unwrap();
+        let first = registry.register(user("alice"), true).await.unwrap();
+        let _second = registry.register(user("alice"), true).await.unwrap();
         assert_eq!(
-            registry.register(user("alice")).await.err(),
+            registry.register(user("alice"), true).await.err(),
             Some(RegisterError::TooManyConnections)
         );
         assert!(
-            registry.register(user("bob")).await.is_ok(),
+            registry.register(user("bob"), true).await.is_ok(),
             "the cap is per user"
         );
         drop(first);
         assert!(
-            registry.register(user("alice")).await.is_ok(),
+            registry.register(user("alice"), true).await.is_ok(),
             "the guard deregistered on drop"
         );
     }
@@ -807,7 +956,7 @@ mod tests {
     #[tokio::test]
     async fn a_kicked_connection_counts_against_the_cap_until_its_guard_drops() {
         let (registry, bus) = start(1, 1);
-        let stuck = registry.register(user("bob")).await.unwrap();
+        let stuck = registry.register(user("bob"), true).await.unwrap();
         bus.publish(message_event(1));
         bus.publish(message_event(2));
         let Registration {
@@ -820,21 +969,21 @@ mod tests {
         // The task ended (mailbox gone) but the socket lingers (guard held): still counted.
         drop(mailbox);
         assert_eq!(
-            registry.register(user("bob")).await.err(),
+            registry.register(user("bob"), true).await.err(),
             Some(RegisterError::TooManyConnections)
         );
         drop(guard);
-        assert!(registry.register(user("bob")).await.is_ok());
+        assert!(registry.register(user("bob"), true).await.is_ok());
     }
 
     #[tokio::test]
     async fn shutdown_kicks_everyone_and_refuses_newcomers() {
         let (registry, _bus) = start(2, 8);
-        let conn = registry.register(user("alice")).await.unwrap();
+        let conn = registry.register(user("alice"), true).await.unwrap();
         registry.shutdown().await;
         assert_eq!(conn.kicked.await.ok(), Some(Kick::Shutdown));
         assert_eq!(
-            registry.register(user("bob")).await.err(),
+            registry.register(user("bob"), true).await.err(),
             Some(RegisterError::ShuttingDown)
         );
     }

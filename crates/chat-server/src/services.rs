@@ -1,8 +1,9 @@
 //! The server's background services, started together and stopped in one documented order.
 //!
 //! Started on the core runtime: the registry (fans committed events out to connections), the
-//! group-commit writers, the rate limiters' housekeeping, and on a cluster node the
-//! publisher of this node's notices (`cluster/`).
+//! group-commit writers, the rate limiters' housekeeping, the presence service (unless
+//! `CHAT_PRESENCE=off`; `presence.rs`), and on a cluster node the publisher of this node's
+//! notices (`cluster/`).
 //!
 //! Shutdown order (after SIGTERM or SIGINT), and why:
 //! 1. The registry refuses new connections and closes every socket with 1001
@@ -26,12 +27,13 @@ use std::time::Duration;
 
 use chat_domain::Clock;
 use chat_store::Repository;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cluster::Engine;
 use crate::cluster::publisher::Publisher;
 use crate::config::Config;
-use crate::ratelimit::{self, KeyFailures, RequestLimiter, SendLimiter};
+use crate::ratelimit::{self, KeyFailures, RequestLimiter, SendLimiter, TypingLimiter};
 use crate::registry::{ClusterInputs, RegistryConfig, RegistryHandle};
 use crate::writer::WriterHandle;
 
@@ -41,6 +43,9 @@ const MAILBOX_CAPACITY: usize = 256;
 const WRITER_QUEUE: usize = 8192;
 /// How long shutdown waits for writes to finish.
 const WRITERS_GRACE: Duration = Duration::from_secs(10);
+/// Ephemeral frames (typing, presence) waiting for the cluster publisher; beyond, they
+/// stay local (they are hints, and late ones are useless).
+const EPHEMERAL_QUEUE: usize = 4096;
 /// How long shutdown waits for sockets to close.
 const SOCKETS_GRACE: Duration = Duration::from_secs(5);
 
@@ -50,6 +55,7 @@ pub struct Handles {
     pub writer: WriterHandle,
     pub limiter: SendLimiter,
     pub requests: RequestLimiter,
+    pub typing: TypingLimiter,
     pub key_failures: Arc<KeyFailures>,
 }
 
@@ -60,6 +66,7 @@ pub struct Services {
     writer_tasks: Vec<JoinHandle<()>>,
     housekeeping: JoinHandle<()>,
     publisher: Option<Publisher>,
+    presence: Option<JoinHandle<()>>,
     webhooks: Option<crate::webhooks::Webhooks>,
 }
 
@@ -71,45 +78,70 @@ impl Services {
         store: Arc<dyn Repository>,
         clock: Arc<dyn Clock>,
         writers: usize,
+        node: &str,
         engine: Option<(String, Engine)>,
     ) -> (Self, Handles) {
         let _enter = core.enter();
         let (cluster_inputs, publisher) = match engine {
-            Some((node, engine)) => (
-                Some(ClusterInputs {
-                    incoming: engine.incoming,
-                    store: store.clone(),
-                    sweep_every: Duration::from_millis(config.bus_sweep_ms),
-                }),
-                Some(Publisher::spawn(
-                    node,
-                    engine.bus,
-                    store.events().subscribe(),
-                )),
-            ),
+            Some((node, engine)) => {
+                let (ephemeral_out, ephemeral_in) = mpsc::channel(EPHEMERAL_QUEUE);
+                (
+                    Some(ClusterInputs {
+                        incoming: engine.incoming,
+                        store: store.clone(),
+                        sweep_every: Duration::from_millis(config.bus_sweep_ms),
+                        ephemeral_out,
+                    }),
+                    Some(Publisher::spawn(
+                        node,
+                        engine.bus,
+                        store.events().subscribe(),
+                        ephemeral_in,
+                    )),
+                )
+            }
             None => (None, None),
+        };
+        let (presence_tx, presence_rx) = if config.presence_enabled() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
         };
         let (registry, registry_task) = RegistryHandle::spawn(
             RegistryConfig {
                 max_connections_per_user: config.max_connections_per_user,
                 mailbox_capacity: MAILBOX_CAPACITY,
                 clock: clock.clone(),
+                presence: presence_tx,
             },
             store.events().subscribe(),
             cluster_inputs,
         );
+        let presence = presence_rx.map(|changes| {
+            crate::presence::spawn(
+                node.to_owned(),
+                store.clone(),
+                registry.clone(),
+                clock.clone(),
+                changes,
+            )
+        });
         let (writer, writer_tasks) =
             WriterHandle::spawn(store, clock, writers, config.max_batch, WRITER_QUEUE);
         let limiter = SendLimiter::new(config.rate_per_sec, config.rate_burst);
         let requests = RequestLimiter::new(config.request_rate_per_sec, config.request_rate_burst);
+        let typing = TypingLimiter::new(1, 1);
         let key_failures = Arc::new(KeyFailures::default());
-        let housekeeping = ratelimit::spawn_housekeeping(&limiter, &requests, &key_failures);
+        let housekeeping =
+            ratelimit::spawn_housekeeping(&limiter, &requests, &typing, &key_failures);
         let services = Self {
             registry: registry.clone(),
             registry_task,
             writer_tasks,
             housekeeping,
             publisher,
+            presence,
             webhooks: None,
         };
         let handles = Handles {
@@ -117,6 +149,7 @@ impl Services {
             writer,
             limiter,
             requests,
+            typing,
             key_failures,
         };
         (services, handles)
@@ -159,6 +192,11 @@ impl Services {
         self.housekeeping.abort();
         if let Some(webhooks) = self.webhooks {
             webhooks.stop().await;
+        }
+        // Presence rows stay: the node stops beating, and the other nodes (or this one's
+        // successor) reap them after NODE_STALE, so users who reconnect elsewhere never flap.
+        if let Some(presence) = self.presence {
+            presence.abort();
         }
         if let Some(publisher) = self.publisher {
             // The writers are done, so every commit's event is on the bus: announce them.

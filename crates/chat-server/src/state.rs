@@ -7,7 +7,7 @@ use chat_store::Repository;
 use crate::auth::{ServiceKey, TokenKeys};
 use crate::config::Config;
 use crate::origin::OriginPolicy;
-use crate::ratelimit::{KeyFailures, RequestLimiter, SendLimiter};
+use crate::ratelimit::{KeyFailures, RequestLimiter, SendLimiter, TypingLimiter};
 use crate::registry::RegistryHandle;
 use crate::writer::WriterHandle;
 
@@ -21,6 +21,8 @@ pub struct AppState {
     pub limiter: SendLimiter,
     /// Budgets of the other request types, per user.
     pub requests: RequestLimiter,
+    /// Typing notices forwarded per user and room (one per second).
+    pub typing: TypingLimiter,
     /// Failed service-key attempts, per client address.
     pub key_failures: Arc<KeyFailures>,
     /// Origins that may frame the page (`CHAT_FRAME_ANCESTORS`), and the page's CSP.

@@ -253,6 +253,9 @@ async fn d3_history_and_seen_have_budgets_of_their_own() {
     // Seen has a budget of its own: not spent by the history reads.
     bob.send(json!({"type": "seen", "room_id": room, "up_to_seq": 1}))
         .await;
+    // Protocol 1.1: the seen raises bob's delivered watermark too, announced first.
+    let delivered = bob.recv().await;
+    assert_eq!(delivered["type"], "delivered", "{delivered}");
     let seen = bob.recv().await;
     assert_eq!(seen["type"], "seen", "{seen}");
     // Another user's budget is untouched.

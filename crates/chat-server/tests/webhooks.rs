@@ -599,12 +599,11 @@ both_backends!(
 );
 
 // `CHAT_NOTIFY_AFTER_SECS=0`: at commit, and only for a recipient with no connection on any
-// node. The second half needs protocol 1.1's presence (rows in `presence_connections`); until
-// the server writes them it says so and checks only the first half.
+// node (protocol 1.1's presence rows; a connection that hides presence is a connection too).
 both_backends!(
     zero_delay_notifies_offline_recipients_at_commit,
-    |db_kind: Db| async move {
-        let db = Database::new(db_kind);
+    |db: Db| async move {
+        let db = Database::new(db);
         let receiver = Receiver::start(Plan::Always(200)).await;
         let server = Server::start_with(
             &db,
@@ -624,32 +623,32 @@ both_backends!(
             "at commit, not after a delay: {took:?}"
         );
 
-        if db_kind != Db::Postgres {
-            return;
-        }
+        // Connected: dave, and gina through a token that hides her presence (still a
+        // connection). The presence service records changes in order, so once dave shows as
+        // online in carol's `ready`, gina's connection is recorded too.
         let online = server.room("carol", "dave");
+        let hidden = server.room("henry", "gina");
+        let (_gina, _) = connect_hidden(&server, "gina").await;
         let (_dave, _) = server.connect("dave").await;
-        let listed = "SELECT count(*) FROM presence_connections pc JOIN presence_nodes pn USING (node_id) WHERE pc.user_id = 'dave'";
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while db.psql(listed) == "0" {
-            if Instant::now() > deadline {
-                // Until the server writes presence itself, list dave's connection by hand
-                // under a node that beats now: what protocol 1.1's presence will write.
-                eprintln!(
-                    "NOTE: presence_connections lists no connection of dave: the server does \
-                     not write presence yet (protocol 1.1); the test lists it by hand"
-                );
-                db.psql(
-                    "INSERT INTO presence_nodes (node_id, heartbeat_at) VALUES \
-                     ('test-node', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint); \
-                     INSERT INTO presence_connections (node_id, user_id, visible) \
-                     VALUES ('test-node', 'dave', true)",
-                );
-                break;
+        let deadline = Instant::now() + WAIT;
+        let mut carol = loop {
+            let (carol, ready) = server.connect("carol").await;
+            let peer = ready["rooms"]
+                .as_array()
+                .and_then(|rooms| rooms.iter().find(|r| r["room_id"] == json!(online)))
+                .map(|r| r["peer"]["online"].clone());
+            if peer == Some(json!(true)) {
+                break carol;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let (mut carol, _) = server.connect("carol").await;
+            assert!(
+                Instant::now() < deadline,
+                "dave never showed as online: {ready}"
+            );
+            drop(carol);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (mut henry, _) = server.connect("henry").await;
+        send(&mut henry, &hidden, "h1", "hi gina").await;
         send(&mut carol, &online, "c1", "hi dave").await;
         // A sync point committed after carol's message: a webhook for erin, who is offline.
         let sync = server.room("frank", "erin");
@@ -663,11 +662,30 @@ both_backends!(
             receiver
                 .hits()
                 .iter()
-                .all(|h| h.json["room_id"] != json!(online)),
-            "dave is connected: no webhook at commit"
+                .all(|h| h.json["room_id"] != json!(online) && h.json["room_id"] != json!(hidden)),
+            "dave and gina are connected: no webhook at commit: {:?}",
+            receiver.hits().iter().map(|h| &h.json).collect::<Vec<_>>()
         );
     }
 );
+
+/// Connects `user` with a token whose `presence` claim hides them (protocol 1.1).
+async fn connect_hidden(server: &Server, user: &str) -> (common::Client, Value) {
+    let (status, body) = server.http().post(
+        "/api/tokens",
+        json!({"user_id": user, "ttl_seconds": 3600, "presence": false}),
+        Some(SERVICE_KEY),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut client = common::Client::connect(&server.ws_url(), None)
+        .await
+        .expect("websocket connects");
+    client
+        .send(json!({"type": "auth", "token": body["token"]}))
+        .await;
+    let ready = client.recv_type("ready").await;
+    (client, ready)
+}
 
 /// Two nodes on one PostgreSQL database (cluster bus over LISTEN/NOTIFY), both scanning and
 /// both sending: every burst makes one delivery, sent once.

@@ -49,7 +49,8 @@ pub(crate) struct BatchPlan {
     pub results: Vec<Result<Appended, StoreError>>,
     /// The new rows, in input order (so in seq order per room).
     pub inserts: Vec<NewMessageRow>,
-    /// `(room_id, new last_seq)` for every room that got a new message, sorted by room id.
+    /// `(room_id, new last_seq)` for every room that got a new message, sorted by room id;
+    /// its `last_activity_at` becomes the batch's `now`.
     pub room_updates: Vec<(String, i64)>,
     /// `MessageCommitted` for every new message, in input order (seq order per room), to
     /// publish after the commit.
@@ -149,10 +150,11 @@ pub(crate) fn plan_batch(
             room_id,
             seq,
             sender_id,
-            body,
+            body: Some(body),
             sent_at: now,
             seen_at: None,
             client_msg_id,
+            deleted_at: None,
         };
         plan.events.push(StoreEvent::MessageCommitted {
             members,
@@ -192,6 +194,11 @@ mod tests {
             created_at: 0,
             closed_at: closed.then_some(1),
             last_seq,
+            last_activity_at: 0,
+            a_seen_up_to: 0,
+            b_seen_up_to: 0,
+            a_delivered_up_to: 0,
+            b_delivered_up_to: 0,
         }
     }
 
@@ -203,9 +210,10 @@ mod tests {
             seq: 4,
             sender_id: "bob".into(),
             client_msg_id: "old".into(),
-            body: "earlier".into(),
+            body: Some("earlier".into()),
             sent_at: 5,
             seen_at: None,
+            deleted_at: None,
         }];
         let plan = plan_batch(
             vec![
@@ -251,9 +259,7 @@ mod tests {
             Err(StoreError::Rule(DomainError::NotAMember))
         );
         assert_eq!(plan.results[2], Err(StoreError::UnknownRoom));
-        assert!(
-            matches!(&plan.results[3], Ok(Appended::Duplicate(m)) if m.body.as_str() == "earlier")
-        );
+        assert!(matches!(&plan.results[3], Ok(Appended::Duplicate(m)) if m.text() == "earlier"));
         assert!(matches!(plan.results[4], Ok(Appended::Duplicate(_))));
         assert_eq!(
             plan.results[5],

@@ -7,13 +7,17 @@
 
 use std::sync::Arc;
 
-use chat_domain::{Members, Message, Room, RoomId, Seq, Timestamp, UserId};
+use chat_domain::{Members, Message, Presence, Room, RoomId, Seq, Timestamp, UserId};
 use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
-    /// A room was created for a pair (not sent when `open_room` returned an existing room).
-    RoomOpened { room: Room },
+    /// A room was created for a pair (not sent when `open_room` returned an existing room),
+    /// with each member's presence at that moment (each member's summary shows the other's).
+    RoomOpened {
+        room: Room,
+        presence: Vec<(UserId, Presence)>,
+    },
     /// A room was closed (the unmatch case).
     RoomClosed { room: Room },
     /// A new message was committed (never sent for a de-duplicated retry).
@@ -25,6 +29,21 @@ pub enum StoreEvent {
         reader: UserId,
         up_to: Seq,
         seen_at: Timestamp,
+    },
+    /// A member's delivered watermark moved (protocol 1.1).
+    DeliveredMarked {
+        room_id: RoomId,
+        members: Members,
+        reader: UserId,
+        up_to: Seq,
+        delivered_at: Timestamp,
+    },
+    /// A message's body was erased (unsend, moderation, erasure; protocol 1.1).
+    MessageDeleted {
+        room_id: RoomId,
+        members: Members,
+        seq: Seq,
+        deleted_at: Timestamp,
     },
 }
 

@@ -37,7 +37,7 @@ pub use config::{Backend, StoreConfig};
 pub use error::StoreError;
 pub use events::{EventBus, StoreEvent};
 pub use postgres::PgStore;
-pub use repository::{Appended, PoolStatus, Repository, RoomOpened};
+pub use repository::{Appended, DeleteOutcome, PoolStatus, Repository, RoomOpened};
 pub use sqlite::SqliteStore;
 pub use support::redact_url;
 pub use webhooks::{WebhookStore, open_with_webhooks, open_with_webhooks_on};

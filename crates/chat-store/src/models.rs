@@ -21,6 +21,11 @@ pub(crate) struct RoomRow {
     pub created_at: i64,
     pub closed_at: Option<i64>,
     pub last_seq: i64,
+    pub last_activity_at: i64,
+    pub a_seen_up_to: i64,
+    pub b_seen_up_to: i64,
+    pub a_delivered_up_to: i64,
+    pub b_delivered_up_to: i64,
 }
 
 impl RoomRow {
@@ -33,6 +38,23 @@ impl RoomRow {
             created_at: now.unix_micros(),
             closed_at: None,
             last_seq: 0,
+            last_activity_at: now.unix_micros(),
+            a_seen_up_to: 0,
+            b_seen_up_to: 0,
+            a_delivered_up_to: 0,
+            b_delivered_up_to: 0,
+        }
+    }
+
+    /// `(seen_up_to, delivered_up_to)` of `user`'s watermarks over the other member's
+    /// messages; `None` if `user` is not a member.
+    pub fn watermarks_of(&self, user: &UserId) -> Option<(i64, i64)> {
+        if self.member_a == user.as_str() {
+            Some((self.a_seen_up_to, self.a_delivered_up_to))
+        } else if self.member_b == user.as_str() {
+            Some((self.b_seen_up_to, self.b_delivered_up_to))
+        } else {
+            None
         }
     }
 
@@ -75,13 +97,31 @@ impl RoomRow {
         }
     }
 
-    /// The room as `user` sees it; `NotAMember` if `user` is not in it.
-    pub fn summary(&self, user: &UserId, unread: i64) -> Result<RoomSummary, StoreError> {
+    /// The room as `user` sees it, with its newest message; `NotAMember` if `user` is not
+    /// in it. Presence (`peer`) is filled in by the caller.
+    pub fn summary(
+        &self,
+        user: &UserId,
+        unread: i64,
+        last_message: Option<Message>,
+    ) -> Result<RoomSummary, StoreError> {
         let room = self.to_room()?;
         room.ensure_member(user)?;
         let unread = u64::try_from(unread)
             .map_err(|_| StoreError::Corrupt(format!("room {}: negative unread count", self.id)))?;
-        Ok(RoomSummary::new(&room, self.last_seq()?, unread))
+        let peer = room.members.other(user)?;
+        let (seen, delivered) = self.watermarks_of(peer).unwrap_or_default();
+        let count = |what: &str, v: i64| {
+            u64::try_from(v)
+                .map_err(|_| StoreError::Corrupt(format!("room {}: negative {what}", self.id)))
+        };
+        let mut summary = RoomSummary::new(&room, self.last_seq()?, unread);
+        summary.last_message = last_message;
+        summary.peer_seen_up_to = count("seen watermark", seen)?;
+        summary.peer_delivered_up_to = count("delivered watermark", delivered)?;
+        summary.last_activity_at = timestamp(self.last_activity_at)
+            .map_err(|e| corrupt("rooms.last_activity_at", &self.id, e))?;
+        Ok(summary)
     }
 }
 
@@ -93,9 +133,10 @@ pub(crate) struct MessageRow {
     pub seq: i64,
     pub sender_id: String,
     pub client_msg_id: String,
-    pub body: String,
+    pub body: Option<String>,
     pub sent_at: i64,
     pub seen_at: Option<i64>,
+    pub deleted_at: Option<i64>,
 }
 
 impl MessageRow {
@@ -105,7 +146,12 @@ impl MessageRow {
             room_id: RoomId::new(self.room_id.as_str()).map_err(|e| at("room_id", e))?,
             seq: Seq::try_from(self.seq).map_err(|e| at("seq", e))?,
             sender_id: UserId::new(self.sender_id.as_str()).map_err(|e| at("sender_id", e))?,
-            body: Body::new(self.body.as_str()).map_err(|e| at("body", e))?,
+            body: self
+                .body
+                .as_deref()
+                .map(Body::new)
+                .transpose()
+                .map_err(|e| at("body", e))?,
             sent_at: timestamp(self.sent_at).map_err(|e| at("sent_at", e))?,
             seen_at: self
                 .seen_at
@@ -114,6 +160,11 @@ impl MessageRow {
                 .map_err(|e| at("seen_at", e))?,
             client_msg_id: ClientMsgId::new(self.client_msg_id.as_str())
                 .map_err(|e| at("client_msg_id", e))?,
+            deleted_at: self
+                .deleted_at
+                .map(timestamp)
+                .transpose()
+                .map_err(|e| at("deleted_at", e))?,
         })
     }
 }

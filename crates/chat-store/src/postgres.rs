@@ -212,8 +212,8 @@ const FIND_STORED_SQL: &str = concat!(
      JOIN messages ON room_id = k_room_id AND sender_id = k_sender_id AND client_msg_id = k_client_msg_id"
 );
 
-/// Every touched room's `last_seq`, in one statement.
-const UPDATE_LAST_SEQ_SQL: &str = "UPDATE rooms SET last_seq = u.last_seq \
+/// Every touched room's `last_seq` and `last_activity_at`, in one statement.
+const UPDATE_LAST_SEQ_SQL: &str = "UPDATE rooms SET last_seq = u.last_seq, last_activity_at = $3 \
      FROM unnest($1::text[], $2::int8[]) AS u(id, last_seq) WHERE rooms.id = u.id";
 
 impl Inner {
@@ -254,7 +254,7 @@ impl StoreCalls for Inner {
         // then does nothing (the one-open-room-per-pair index) and the re-read finds that room.
         for _ in 0..3 {
             if let Some(row) = statements::pg::find_open_room(&mut conn, &members).await? {
-                return Ok(room_opened(&row, false)?.0);
+                return Ok(room_opened(&row, false, Vec::new())?.0);
             }
             let row = new_room_row(&members, now);
             let inserted = diesel::insert_into(rooms::table)
@@ -264,7 +264,9 @@ impl StoreCalls for Inner {
                 .await
                 .map_err(db_error)?;
             if inserted == 1 {
-                let (opened, event) = room_opened(&row, true)?;
+                let pair = members.as_slice().to_vec();
+                let presence = statements::pg::presence_of(&mut conn, &pair, now).await?;
+                let (opened, event) = room_opened(&row, true, presence)?;
                 self.publish(event);
                 return Ok(opened);
             }
@@ -327,6 +329,7 @@ impl StoreCalls for Inner {
                     diesel::sql_query(UPDATE_LAST_SEQ_SQL)
                         .bind::<Array<Text>, _>(&ids)
                         .bind::<Array<BigInt>, _>(&seqs)
+                        .bind::<BigInt, _>(now.unix_micros())
                         .execute(conn)
                         .await?;
                 }
@@ -361,17 +364,19 @@ macro_rules! pg_write_room {
     ($inner:expr, $room:expr, $statement:ident($($arg:expr),*)) => {{
         let mut conn = $inner.conn().await?;
         let order = &$inner.order;
-        let (value, event, _guards) = conn
+        let (value, events, _guards) = conn
             .transaction(async |conn| {
-                let (value, event) = statements::pg::$statement(conn, $($arg),*).await?;
-                let guards = match &event {
-                    Some(_) => order.lock([$room]).await,
-                    None => Vec::new(),
+                let (value, events) = statements::pg::$statement(conn, $($arg),*).await?;
+                let events: Vec<StoreEvent> = events.into_iter().collect();
+                let guards = if events.is_empty() {
+                    Vec::new()
+                } else {
+                    order.lock([$room]).await
                 };
-                Ok::<_, TxError>((value, event, guards))
+                Ok::<_, TxError>((value, events, guards))
             })
             .await?;
-        $inner.publish(event);
+        $inner.publish(events);
         Ok(value)
     }};
 }

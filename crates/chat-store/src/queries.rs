@@ -28,12 +28,13 @@ pub(crate) fn open_room_of_pair<'a>(a: &'a str, b: &'a str) -> _ {
 }
 
 /// A message `user` has not seen yet: sent by the other member, `seen_at` still NULL (the
-/// `messages_unseen` index).
+/// `messages_unseen` index), and not deleted (a tombstone never counts as unread).
 #[dsl::auto_type]
 pub(crate) fn unread_by<'a>(user: &'a str) -> _ {
     messages::seen_at
         .is_null()
         .and(messages::sender_id.ne(user))
+        .and(messages::deleted_at.is_null())
 }
 
 /// `user`'s rooms, each joined to the messages `user` has not seen, grouped per room: select

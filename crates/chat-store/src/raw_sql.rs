@@ -11,7 +11,7 @@
 /// `QueryableByName`): what a hand-written SELECT of stored messages returns.
 macro_rules! message_columns {
     () => {
-        "room_id, seq, sender_id, client_msg_id, body, sent_at, seen_at"
+        "room_id, seq, sender_id, client_msg_id, body, sent_at, seen_at, deleted_at"
     };
 }
 
@@ -41,6 +41,7 @@ mod tests {
             messages::body::NAME,
             messages::sent_at::NAME,
             messages::seen_at::NAME,
+            messages::deleted_at::NAME,
         ];
         assert_eq!(message_columns!(), all.join(", "));
         assert_eq!(new_message_columns!(), all[..6].join(", "));

@@ -6,8 +6,8 @@
 
 use async_trait::async_trait;
 use chat_domain::{
-    HistoryPage, Members, Message, NewMessage, Room, RoomId, RoomSummary, SeenOutcome, Seq,
-    Timestamp, UserId,
+    Deleter, HistoryPage, Members, Message, NewMessage, Presence, Room, RoomId, RoomSummary,
+    RoomsCursor, RoomsPage, SeenOutcome, Seq, Timestamp, UserId,
 };
 
 use crate::error::StoreError;
@@ -61,6 +61,15 @@ impl Appended {
     }
 }
 
+/// The result of a delete (unsend or moderation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The body was erased now; `MessageDeleted` was published.
+    Deleted { deleted_at: Timestamp },
+    /// It was deleted before: nothing changed, no event.
+    AlreadyDeleted,
+}
+
 /// The result of opening a room for a pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomOpened {
@@ -87,9 +96,22 @@ pub trait Repository: Send + Sync + 'static {
     /// One room, open or closed. `UnknownRoom` if there is none with this id.
     async fn room(&self, id: &RoomId) -> Result<Room, StoreError>;
 
-    /// A user's rooms (open and closed, newest first) as that user sees them: last seq and
-    /// unread count (the other member's messages this user has not marked seen).
-    async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomSummary>, StoreError>;
+    /// A page of a user's rooms (open and closed) as that user sees them, in the room list's
+    /// order (`last_activity_at`, then room id, both descending), strictly after `cursor`:
+    /// last seq, unread count (the other member's messages this user has not marked seen,
+    /// tombstones excepted), last message and the other member's watermarks. `peer` is left
+    /// empty (presence is the server's to add). `more` says whether rooms follow.
+    async fn rooms_page(
+        &self,
+        user: &UserId,
+        cursor: Option<RoomsCursor>,
+        limit: usize,
+    ) -> Result<RoomsPage, StoreError>;
+
+    /// All of a user's rooms, in the room list's order (see [`Repository::rooms_page`]).
+    async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomSummary>, StoreError> {
+        Ok(self.rooms_page(user, None, usize::MAX).await?.rooms)
+    }
 
     /// The last seq of each of these rooms that exists and has messages; rooms without
     /// messages or unknown are left out. For a cluster node's sweep.
@@ -143,4 +165,64 @@ pub trait Repository: Send + Sync + 'static {
         up_to: Seq,
         now: Timestamp,
     ) -> Result<SeenOutcome, StoreError>;
+
+    /// Moves `reader`'s delivered watermark to the newest of the other member's messages at
+    /// or before `up_to`, never back; publishes `DeliveredMarked` when it moved (and returns
+    /// where to). Works on closed rooms.
+    async fn mark_received(
+        &self,
+        room: &RoomId,
+        reader: &UserId,
+        up_to: Seq,
+        now: Timestamp,
+    ) -> Result<Option<Seq>, StoreError>;
+
+    /// Deletes a message as `by` may (`chat_domain::unsend`), leaving a tombstone; publishes
+    /// `MessageDeleted` when it erased a body.
+    async fn delete_message(
+        &self,
+        room: &RoomId,
+        seq: Seq,
+        by: Deleter,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError>;
+
+    /// The other members of `user`'s open rooms.
+    async fn open_peers(&self, user: &UserId) -> Result<Vec<UserId>, StoreError>;
+
+    /// Presence: `node` is alive at `now`.
+    async fn presence_beat(&self, node: &str, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Presence: `user` is connected on `node` (visibly or hiding). Returns whether they were
+    /// online elsewhere already.
+    async fn presence_connect(
+        &self,
+        node: &str,
+        user: &UserId,
+        visible: bool,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Presence: `user` has no connection left on `node`. True when that made them offline.
+    async fn presence_disconnect(
+        &self,
+        node: &str,
+        user: &UserId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Presence: removes dead nodes (not `node`); returns the users that made offline, each
+    /// with their new `last_active_at`.
+    async fn presence_reap(
+        &self,
+        node: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(UserId, Timestamp)>, StoreError>;
+
+    /// Presence of these users as others see them.
+    async fn presence_of(
+        &self,
+        users: &[UserId],
+        now: Timestamp,
+    ) -> Result<Vec<(UserId, Presence)>, StoreError>;
 }

@@ -10,6 +10,11 @@ diesel::table! {
         created_at -> BigInt,
         closed_at -> Nullable<BigInt>,
         last_seq -> BigInt,
+        last_activity_at -> BigInt,
+        a_seen_up_to -> BigInt,
+        b_seen_up_to -> BigInt,
+        a_delivered_up_to -> BigInt,
+        b_delivered_up_to -> BigInt,
     }
 }
 
@@ -19,11 +24,42 @@ diesel::table! {
         seq -> BigInt,
         sender_id -> Text,
         client_msg_id -> Text,
-        body -> Text,
+        body -> Nullable<Text>,
         sent_at -> BigInt,
         seen_at -> Nullable<BigInt>,
+        deleted_at -> Nullable<BigInt>,
     }
 }
 
+diesel::table! {
+    presence_nodes (node_id) {
+        node_id -> Text,
+        heartbeat_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    presence_connections (node_id, user_id) {
+        node_id -> Text,
+        user_id -> Text,
+        visible -> Bool,
+    }
+}
+
+diesel::table! {
+    user_activity (user_id) {
+        user_id -> Text,
+        last_active_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(presence_connections -> presence_nodes (node_id));
+
 diesel::joinable!(messages -> rooms (room_id));
-diesel::allow_tables_to_appear_in_same_query!(rooms, messages);
+diesel::allow_tables_to_appear_in_same_query!(
+    rooms,
+    messages,
+    presence_nodes,
+    presence_connections,
+    user_activity
+);

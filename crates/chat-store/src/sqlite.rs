@@ -256,13 +256,14 @@ fn open_room(
     now: Timestamp,
 ) -> Result<(RoomOpened, Option<StoreEvent>), TxError> {
     if let Some(row) = statements::sqlite::find_open_room(c, members)? {
-        return Ok(room_opened(&row, false)?);
+        return Ok(room_opened(&row, false, Vec::new())?);
     }
     // The IMMEDIATE transaction holds the write lock: nobody can insert the pair's room
     // between the read above and this insert.
     let row = new_room_row(members, now);
     diesel::insert_into(rooms::table).values(&row).execute(c)?;
-    Ok(room_opened(&row, true)?)
+    let presence = statements::sqlite::presence_of(c, members.as_slice(), now)?;
+    Ok(room_opened(&row, true, presence)?)
 }
 
 type BatchResults = Vec<Result<Appended, StoreError>>;
@@ -336,9 +337,10 @@ fn append_batch(
     for chunk in plan.room_updates.chunks(DEDUPE_CHUNK) {
         let pairs = vec!["(?, ?)"; chunk.len()].join(", ");
         let mut query = diesel::sql_query(format!(
-            "UPDATE rooms SET last_seq = v.column2 FROM (VALUES {pairs}) AS v WHERE rooms.id = v.column1"
+            "UPDATE rooms SET last_seq = v.column2, last_activity_at = ? FROM (VALUES {pairs}) AS v WHERE rooms.id = v.column1"
         ))
-        .into_boxed::<diesel::sqlite::Sqlite>();
+        .into_boxed::<diesel::sqlite::Sqlite>()
+        .bind::<diesel::sql_types::BigInt, _>(now.unix_micros());
         for (id, last_seq) in chunk {
             query = query
                 .bind::<diesel::sql_types::Text, _>(id.as_str())

@@ -8,12 +8,18 @@
 //! append statements, pool and connection set-up, and migrations. Every statement here
 //! returns [`TxError`], so it can run inside either backend's transaction.
 
+use std::collections::{HashMap, HashSet};
+
+use chat_domain::presence::NODE_STALE;
+use chat_domain::unsend::{self, Deleter, Unsend};
 use chat_domain::{
-    HistoryPage, Members, Message, Room, RoomId, RoomSummary, SeenOutcome, Seq, Timestamp, UserId,
+    DomainError, HistoryPage, Members, Message, Presence, Room, RoomId, RoomSummary, RoomsCursor,
+    RoomsPage, SeenOutcome, Seq, Timestamp, UserId,
 };
 use diesel::dsl::count;
 use diesel::{
-    ExpressionMethods, NullableExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper,
+    BoolExpressionMethods, ExpressionMethods, JoinOnDsl, NullableExpressionMethods,
+    OptionalExtension, QueryDsl, SelectableHelper,
 };
 
 use crate::db_run::db_run;
@@ -22,8 +28,8 @@ use crate::events::StoreEvent;
 use crate::models::{MessageRow, RoomRow};
 use crate::page::PageBounds;
 use crate::queries;
-use crate::repository::RoomOpened;
-use crate::schema::{messages, rooms};
+use crate::repository::{DeleteOutcome, RoomOpened};
+use crate::schema::{messages, presence_connections, presence_nodes, rooms, user_activity};
 use crate::support::TxError;
 
 db_run! {
@@ -48,16 +54,54 @@ db_run! {
         .optional()?)
     }
 
-    /// `user`'s rooms, newest first (`created_at`, then id), with unread counts, in one query.
-    fn rooms_of(conn, user: &UserId) -> Result<Vec<RoomSummary>, TxError> {
-        let rows: Vec<(RoomRow, i64)> = run!(queries::rooms_with_unread_of(user.as_str())
+    /// A page of `user`'s rooms in the room list's order (`last_activity_at`, then id, both
+    /// descending), after `cursor`: the rooms with their unread counts in one query, their
+    /// newest messages in a second. `limit + 1` rows are read to know whether more follow.
+    fn rooms_page(
+        conn,
+        user: &UserId,
+        cursor: Option<RoomsCursor>,
+        limit: usize,
+    ) -> Result<RoomsPage, TxError> {
+        let mut query = queries::rooms_with_unread_of(user.as_str())
             .select((RoomRow::as_select(), count(messages::seq.nullable())))
-            .order((rooms::created_at.desc(), rooms::id.desc()))
-            .load(conn))?;
-        Ok(rows
+            .order((rooms::last_activity_at.desc(), rooms::id.desc()))
+            .into_boxed();
+        if let Some(cursor) = &cursor {
+            let at = cursor.before_activity_at.unix_micros();
+            query = query.filter(
+                rooms::last_activity_at.lt(at).or(rooms::last_activity_at
+                    .eq(at)
+                    .and(rooms::id.lt(cursor.before_room_id.as_str().to_owned()))),
+            );
+        }
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1).saturating_add(1);
+        let mut rows: Vec<(RoomRow, i64)> = run!(query.limit(fetch).load(conn))?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let with_messages: Vec<&str> = rows
             .iter()
-            .map(|(row, unread)| row.summary(user, *unread))
-            .collect::<Result<_, _>>()?)
+            .filter(|(row, _)| row.last_seq > 0)
+            .map(|(row, _)| row.id.as_str())
+            .collect();
+        let mut last: HashMap<String, Message> = HashMap::new();
+        for chunk in with_messages.chunks(500) {
+            let found: Vec<MessageRow> = run!(messages::table
+                .inner_join(rooms::table.on(rooms::id
+                    .eq(messages::room_id)
+                    .and(rooms::last_seq.eq(messages::seq))))
+                .filter(rooms::id.eq_any(chunk))
+                .select(MessageRow::as_select())
+                .load(conn))?;
+            for row in found {
+                last.insert(row.room_id.clone(), row.to_message()?);
+            }
+        }
+        let rooms = rows
+            .iter()
+            .map(|(row, unread)| row.summary(user, *unread, last.remove(&row.id)))
+            .collect::<Result<_, _>>()?;
+        Ok(RoomsPage { rooms, more })
     }
 
     /// The last seq of each of these rooms that exists (a cluster node's sweep: it finds
@@ -82,7 +126,17 @@ db_run! {
         let unread: i64 = run!(queries::unread_in_room(id.as_str(), user.as_str())
             .count()
             .get_result(conn))?;
-        Ok(row.summary(user, unread)?)
+        let last = match row.last_seq {
+            0 => None,
+            seq => run!(messages::table
+                .find((id.as_str(), seq))
+                .select(MessageRow::as_select())
+                .first(conn))
+            .optional()?
+            .map(|m| m.to_message())
+            .transpose()?,
+        };
+        Ok(row.summary(user, unread, last)?)
     }
 
     /// Closes the room if it is open. Returns the room and, when this call closed it, the
@@ -149,7 +203,7 @@ db_run! {
         reader: &UserId,
         up_to: Seq,
         now: Timestamp,
-    ) -> Result<(SeenOutcome, Option<StoreEvent>), TxError> {
+    ) -> Result<(SeenOutcome, Vec<StoreEvent>), TxError> {
         let row = run!(find_room(conn, room.as_str()))?;
         let room_value = row.to_room()?;
         room_value.ensure_member(reader)?;
@@ -159,7 +213,7 @@ db_run! {
                 marked: Vec::new(),
                 seen_at: now,
             };
-            return Ok((nothing, None));
+            return Ok((nothing, Vec::new()));
         };
         let up_to = up_to.min(last);
         let target = queries::unseen_from_other_up_to(room.as_str(), reader.as_str(), i64::from(up_to));
@@ -169,14 +223,325 @@ db_run! {
             .get_results(conn))?;
         marked.sort_unstable();
         let outcome = seen_outcome(up_to, now, &marked)?;
-        let event = outcome.changed().then(|| StoreEvent::SeenMarked {
+        let mut events = Vec::new();
+        if let Some(&(highest, _)) = marked.last() {
+            // The watermark columns: delivered first (it never trails seen), then seen.
+            let is_a = row.member_a == reader.as_str();
+            if run!(raise_delivered(conn, room.as_str(), is_a, highest))? {
+                events.push(StoreEvent::DeliveredMarked {
+                    room_id: room.clone(),
+                    members: room_value.members.clone(),
+                    reader: reader.clone(),
+                    up_to: Seq::try_from(highest)?,
+                    delivered_at: now,
+                });
+            }
+            let target = queries::room_by_id(room.as_str());
+            if is_a {
+                run!(diesel::update(target.filter(rooms::a_seen_up_to.lt(highest)))
+                    .set(rooms::a_seen_up_to.eq(highest))
+                    .execute(conn))?;
+            } else {
+                run!(diesel::update(target.filter(rooms::b_seen_up_to.lt(highest)))
+                    .set(rooms::b_seen_up_to.eq(highest))
+                    .execute(conn))?;
+            }
+        }
+        if outcome.changed() {
+            events.push(StoreEvent::SeenMarked {
+                room_id: room.clone(),
+                members: room_value.members,
+                reader: reader.clone(),
+                up_to: outcome.up_to,
+                seen_at: outcome.seen_at,
+            });
+        }
+        Ok((outcome, events))
+    }
+
+    /// Moves `member_a`'s (`is_a`) or `member_b`'s delivered watermark up to `to`, never
+    /// back. True when it moved.
+    fn raise_delivered(conn, room: &str, is_a: bool, to: i64) -> Result<bool, TxError> {
+        let target = queries::room_by_id(room);
+        let moved = if is_a {
+            run!(diesel::update(target.filter(rooms::a_delivered_up_to.lt(to)))
+                .set(rooms::a_delivered_up_to.eq(to))
+                .execute(conn))?
+        } else {
+            run!(diesel::update(target.filter(rooms::b_delivered_up_to.lt(to)))
+                .set(rooms::b_delivered_up_to.eq(to))
+                .execute(conn))?
+        };
+        Ok(moved > 0)
+    }
+
+    /// Records that `reader`'s device got the other member's messages up to `up_to`: the
+    /// delivered watermark moves to the newest of the other member's messages at or before
+    /// `up_to` (so clamped to the room's last seq), never back. Returns where it moved to,
+    /// with the `DeliveredMarked` event; `None` and no event when it moved nothing.
+    fn mark_received(
+        conn,
+        room: &RoomId,
+        reader: &UserId,
+        up_to: Seq,
+        now: Timestamp,
+    ) -> Result<(Option<Seq>, Option<StoreEvent>), TxError> {
+        let row = run!(find_room(conn, room.as_str()))?;
+        let room_value = row.to_room()?;
+        room_value.ensure_member(reader)?;
+        let up_to = i64::from(up_to).min(row.last_seq);
+        let highest: Option<i64> = run!(queries::messages_of_room(room.as_str())
+            .filter(messages::sender_id.ne(reader.as_str()))
+            .filter(messages::seq.le(up_to))
+            .select(diesel::dsl::max(messages::seq))
+            .first(conn))?;
+        let Some(highest) = highest else {
+            return Ok((None, None));
+        };
+        let is_a = row.member_a == reader.as_str();
+        if !run!(raise_delivered(conn, room.as_str(), is_a, highest))? {
+            return Ok((None, None));
+        }
+        let seq = Seq::try_from(highest)?;
+        let event = StoreEvent::DeliveredMarked {
             room_id: room.clone(),
             members: room_value.members,
             reader: reader.clone(),
-            up_to: outcome.up_to,
-            seen_at: outcome.seen_at,
-        });
-        Ok((outcome, event))
+            up_to: seq,
+            delivered_at: now,
+        };
+        Ok((Some(seq), Some(event)))
+    }
+
+    /// Deletes message `seq` of `room` as `by` may (`chat_domain::unsend`): erases its body
+    /// and stamps `deleted_at`, leaving the row as a tombstone. A non-member learns nothing
+    /// (`NotAMember` before any lookup of the message); a seq that does not exist is
+    /// `NoSuchMessage`.
+    fn delete_message(
+        conn,
+        room: &RoomId,
+        seq: Seq,
+        by: Deleter,
+        now: Timestamp,
+    ) -> Result<(DeleteOutcome, Option<StoreEvent>), TxError> {
+        let row = run!(find_room(conn, room.as_str()))?;
+        let room_value = row.to_room()?;
+        if let Deleter::Member { user, .. } = &by {
+            room_value.ensure_member(user)?;
+        }
+        let found: Option<MessageRow> = run!(messages::table
+            .find((room.as_str(), i64::from(seq)))
+            .select(MessageRow::as_select())
+            .first(conn))
+        .optional()?;
+        let message = found
+            .ok_or(TxError::Store(StoreError::Rule(DomainError::NoSuchMessage)))?
+            .to_message()?;
+        if unsend::decide(&message, &by, now)? == Unsend::AlreadyDeleted {
+            return Ok((DeleteOutcome::AlreadyDeleted, None));
+        }
+        let erased = run!(diesel::update(
+            messages::table
+                .find((room.as_str(), i64::from(seq)))
+                .filter(messages::deleted_at.is_null())
+        )
+        .set((
+            messages::body.eq(None::<String>),
+            messages::deleted_at.eq(Some(now.unix_micros())),
+        ))
+        .execute(conn))?;
+        if erased == 0 {
+            return Ok((DeleteOutcome::AlreadyDeleted, None));
+        }
+        let event = StoreEvent::MessageDeleted {
+            room_id: room.clone(),
+            members: room_value.members,
+            seq,
+            deleted_at: now,
+        };
+        Ok((DeleteOutcome::Deleted { deleted_at: now }, Some(event)))
+    }
+
+    /// The other members of `user`'s open rooms: who hears of `user`'s presence.
+    fn open_peers(conn, user: &UserId) -> Result<Vec<UserId>, TxError> {
+        let pairs: Vec<(String, String)> = run!(rooms::table
+            .filter(rooms::member_a.eq(user.as_str()).or(rooms::member_b.eq(user.as_str())))
+            .filter(rooms::closed_at.is_null())
+            .select((rooms::member_a, rooms::member_b))
+            .load(conn))?;
+        let mut peers: Vec<UserId> = Vec::with_capacity(pairs.len());
+        let mut seen = HashSet::new();
+        for (a, b) in pairs {
+            let other = if a == user.as_str() { b } else { a };
+            if seen.insert(other.clone()) {
+                peers.push(UserId::new(other)?);
+            }
+        }
+        Ok(peers)
+    }
+
+    /// Records that `node` is alive.
+    fn presence_beat(conn, node: &str, now: Timestamp) -> Result<((), Option<StoreEvent>), TxError> {
+        run!(diesel::insert_into(presence_nodes::table)
+            .values((
+                presence_nodes::node_id.eq(node),
+                presence_nodes::heartbeat_at.eq(now.unix_micros()),
+            ))
+            .on_conflict(presence_nodes::node_id)
+            .do_update()
+            .set(presence_nodes::heartbeat_at.eq(now.unix_micros()))
+            .execute(conn))?;
+        Ok(((), None))
+    }
+
+    /// True when `user` has a visible connection on a live node other than `node`.
+    fn online_elsewhere(conn, node: &str, user: &str, now: Timestamp) -> Result<bool, TxError> {
+        let alive = stale_before(now);
+        let found: Option<String> = run!(presence_connections::table
+            .inner_join(presence_nodes::table)
+            .filter(presence_connections::user_id.eq(user))
+            .filter(presence_connections::visible.eq(true))
+            .filter(presence_connections::node_id.ne(node))
+            .filter(presence_nodes::heartbeat_at.ge(alive))
+            .select(presence_connections::node_id)
+            .first(conn))
+        .optional()?;
+        Ok(found.is_some())
+    }
+
+    /// `user` has connections on `node` now, `visible` or all hiding presence. Returns
+    /// whether they were online (visibly, on a live node) elsewhere already. Their
+    /// `last_active_at` becomes `now` when they come online here, and null while they are
+    /// connected only hiding presence.
+    fn presence_connect(
+        conn,
+        node: &str,
+        user: &UserId,
+        visible: bool,
+        now: Timestamp,
+    ) -> Result<(bool, Option<StoreEvent>), TxError> {
+        let elsewhere = run!(online_elsewhere(conn, node, user.as_str(), now))?;
+        run!(diesel::insert_into(presence_connections::table)
+            .values((
+                presence_connections::node_id.eq(node),
+                presence_connections::user_id.eq(user.as_str()),
+                presence_connections::visible.eq(visible),
+            ))
+            .on_conflict((presence_connections::node_id, presence_connections::user_id))
+            .do_update()
+            .set(presence_connections::visible.eq(visible))
+            .execute(conn))?;
+        if !elsewhere {
+            let at = visible.then_some(now.unix_micros());
+            run!(set_last_active(conn, user.as_str(), at))?;
+        }
+        Ok((elsewhere, None))
+    }
+
+    /// `user` has no connection left on `node`. Returns true when that made them offline
+    /// (they were visible here and are not online elsewhere); `last_active_at` is then `now`.
+    fn presence_disconnect(
+        conn,
+        node: &str,
+        user: &UserId,
+        now: Timestamp,
+    ) -> Result<(bool, Option<StoreEvent>), TxError> {
+        let was_visible: Option<bool> = run!(diesel::delete(
+            presence_connections::table.find((node, user.as_str()))
+        )
+        .returning(presence_connections::visible)
+        .get_result(conn))
+        .optional()?;
+        if was_visible != Some(true) || run!(online_elsewhere(conn, node, user.as_str(), now))? {
+            return Ok((false, None));
+        }
+        run!(set_last_active(conn, user.as_str(), Some(now.unix_micros())))?;
+        Ok((true, None))
+    }
+
+    fn set_last_active(conn, user: &str, at: Option<i64>) -> Result<(), TxError> {
+        run!(diesel::insert_into(user_activity::table)
+            .values((user_activity::user_id.eq(user), user_activity::last_active_at.eq(at)))
+            .on_conflict(user_activity::user_id)
+            .do_update()
+            .set(user_activity::last_active_at.eq(at))
+            .execute(conn))?;
+        Ok(())
+    }
+
+    /// Removes the nodes that stopped beating ([`NODE_STALE`]) and their users' rows.
+    /// Returns the users that made offline (visible there, not online elsewhere), with the
+    /// time of their node's last beat, which becomes their `last_active_at`. Several nodes
+    /// may reap at once: a node's rows go to whichever deletes them.
+    fn presence_reap(
+        conn,
+        node: &str,
+        now: Timestamp,
+    ) -> Result<(Reaped, Option<StoreEvent>), TxError> {
+        let alive = stale_before(now);
+        let dead: Vec<(String, i64)> = run!(diesel::delete(
+            presence_nodes::table
+                .filter(presence_nodes::heartbeat_at.lt(alive))
+                .filter(presence_nodes::node_id.ne(node))
+        )
+        .returning((presence_nodes::node_id, presence_nodes::heartbeat_at))
+        .get_results(conn))?;
+        let mut offline = Vec::new();
+        for (dead_node, last_beat) in dead {
+            let users: Vec<(String, bool)> = run!(diesel::delete(
+                presence_connections::table.filter(presence_connections::node_id.eq(&dead_node))
+            )
+            .returning((presence_connections::user_id, presence_connections::visible))
+            .get_results(conn))?;
+            for (user, visible) in users {
+                if !visible || run!(online_elsewhere(conn, &dead_node, &user, now))? {
+                    continue;
+                }
+                run!(set_last_active(conn, &user, Some(last_beat)))?;
+                offline.push((UserId::new(user)?, Timestamp::from_unix_micros(last_beat)?));
+            }
+        }
+        Ok((offline, None))
+    }
+
+    /// The presence of each of `users` (those never seen: offline, never active).
+    fn presence_of(conn, users: &[UserId], now: Timestamp) -> Result<Vec<(UserId, Presence)>, TxError> {
+        let alive = stale_before(now);
+        let mut online: HashSet<String> = HashSet::new();
+        let mut active: HashMap<String, Option<i64>> = HashMap::new();
+        let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        for chunk in names.chunks(500) {
+            let found: Vec<String> = run!(presence_connections::table
+                .inner_join(presence_nodes::table)
+                .filter(presence_connections::user_id.eq_any(chunk))
+                .filter(presence_connections::visible.eq(true))
+                .filter(presence_nodes::heartbeat_at.ge(alive))
+                .select(presence_connections::user_id)
+                .load(conn))?;
+            online.extend(found);
+            let times: Vec<(String, Option<i64>)> = run!(user_activity::table
+                .filter(user_activity::user_id.eq_any(chunk))
+                .select((user_activity::user_id, user_activity::last_active_at))
+                .load(conn))?;
+            active.extend(times);
+        }
+        users
+            .iter()
+            .map(|user| {
+                let last_active_at = active
+                    .get(user.as_str())
+                    .copied()
+                    .flatten()
+                    .map(Timestamp::from_unix_micros)
+                    .transpose()?;
+                let presence = Presence {
+                    online: online.contains(user.as_str()),
+                    last_active_at,
+                };
+                Ok((user.clone(), presence))
+            })
+            .collect::<Result<_, DomainError>>()
+            .map_err(TxError::from)
     }
 }
 
@@ -185,15 +550,28 @@ db_run! {
 pub(crate) fn room_opened(
     row: &RoomRow,
     created: bool,
+    presence: Vec<(UserId, Presence)>,
 ) -> Result<(RoomOpened, Option<StoreEvent>), StoreError> {
     let room = row.to_room()?;
-    let event = created.then(|| StoreEvent::RoomOpened { room: room.clone() });
+    let event = created.then(|| StoreEvent::RoomOpened {
+        room: room.clone(),
+        presence,
+    });
     Ok((RoomOpened { room, created }, event))
 }
 
 /// A new open room for the pair, with a fresh id (a v4 UUID).
 pub(crate) fn new_room_row(members: &Members, now: Timestamp) -> RoomRow {
     RoomRow::new_open(uuid::Uuid::new_v4().hyphenated().to_string(), members, now)
+}
+
+/// The users a reap turned offline, each with their new `last_active_at`.
+type Reaped = Vec<(UserId, Timestamp)>;
+
+/// Heartbeats older than this (unix micros) are a dead node's.
+fn stale_before(now: Timestamp) -> i64 {
+    let stale = i64::try_from(NODE_STALE.as_micros()).unwrap_or(i64::MAX);
+    now.unix_micros().saturating_sub(stale)
 }
 
 /// Builds the outcome of a watermark from the `(seq, seen_at)` rows it changed.

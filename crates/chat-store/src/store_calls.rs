@@ -84,15 +84,120 @@ macro_rules! repository_via_calls {
                 .await
             }
 
-            async fn rooms_of(
+            async fn rooms_page(
                 &self,
                 user: &chat_domain::UserId,
-            ) -> Result<Vec<chat_domain::RoomSummary>, $crate::error::StoreError> {
+                cursor: Option<chat_domain::RoomsCursor>,
+                limit: usize,
+            ) -> Result<chat_domain::RoomsPage, $crate::error::StoreError> {
                 let (inner, user) = (self.inner.clone(), user.clone());
-                $crate::support::detached(
-                    &self.runtime,
-                    async move { $read!(inner, rooms_of(&user)) },
-                )
+                $crate::support::detached(&self.runtime, async move {
+                    $read!(inner, rooms_page(&user, cursor, limit))
+                })
+                .await
+            }
+
+            async fn mark_received(
+                &self,
+                room: &chat_domain::RoomId,
+                reader: &chat_domain::UserId,
+                up_to: chat_domain::Seq,
+                now: chat_domain::Timestamp,
+            ) -> Result<Option<chat_domain::Seq>, $crate::error::StoreError> {
+                let (inner, room, reader) = (self.inner.clone(), room.clone(), reader.clone());
+                $crate::support::detached(&self.runtime, async move {
+                    $write_room!(inner, room.as_str(), mark_received(&room, &reader, up_to, now))
+                })
+                .await
+            }
+
+            async fn delete_message(
+                &self,
+                room: &chat_domain::RoomId,
+                seq: chat_domain::Seq,
+                by: chat_domain::Deleter,
+                now: chat_domain::Timestamp,
+            ) -> Result<$crate::repository::DeleteOutcome, $crate::error::StoreError> {
+                let (inner, room) = (self.inner.clone(), room.clone());
+                $crate::support::detached(&self.runtime, async move {
+                    $write_room!(inner, room.as_str(), delete_message(&room, seq, by, now))
+                })
+                .await
+            }
+
+            async fn open_peers(
+                &self,
+                user: &chat_domain::UserId,
+            ) -> Result<Vec<chat_domain::UserId>, $crate::error::StoreError> {
+                let (inner, user) = (self.inner.clone(), user.clone());
+                $crate::support::detached(&self.runtime, async move {
+                    $read!(inner, open_peers(&user))
+                })
+                .await
+            }
+
+            async fn presence_beat(
+                &self,
+                node: &str,
+                now: chat_domain::Timestamp,
+            ) -> Result<(), $crate::error::StoreError> {
+                let (inner, node) = (self.inner.clone(), node.to_owned());
+                $crate::support::detached(&self.runtime, async move {
+                    $write_room!(inner, "", presence_beat(&node, now))
+                })
+                .await
+            }
+
+            async fn presence_connect(
+                &self,
+                node: &str,
+                user: &chat_domain::UserId,
+                visible: bool,
+                now: chat_domain::Timestamp,
+            ) -> Result<bool, $crate::error::StoreError> {
+                let (inner, node, user) = (self.inner.clone(), node.to_owned(), user.clone());
+                $crate::support::detached(&self.runtime, async move {
+                    $write_room!(inner, "", presence_connect(&node, &user, visible, now))
+                })
+                .await
+            }
+
+            async fn presence_disconnect(
+                &self,
+                node: &str,
+                user: &chat_domain::UserId,
+                now: chat_domain::Timestamp,
+            ) -> Result<bool, $crate::error::StoreError> {
+                let (inner, node, user) = (self.inner.clone(), node.to_owned(), user.clone());
+                $crate::support::detached(&self.runtime, async move {
+                    $write_room!(inner, "", presence_disconnect(&node, &user, now))
+                })
+                .await
+            }
+
+            async fn presence_reap(
+                &self,
+                node: &str,
+                now: chat_domain::Timestamp,
+            ) -> Result<Vec<(chat_domain::UserId, chat_domain::Timestamp)>, $crate::error::StoreError>
+            {
+                let (inner, node) = (self.inner.clone(), node.to_owned());
+                $crate::support::detached(&self.runtime, async move {
+                    $write_room!(inner, "", presence_reap(&node, now))
+                })
+                .await
+            }
+
+            async fn presence_of(
+                &self,
+                users: &[chat_domain::UserId],
+                now: chat_domain::Timestamp,
+            ) -> Result<Vec<(chat_domain::UserId, chat_domain::Presence)>, $crate::error::StoreError>
+            {
+                let (inner, users) = (self.inner.clone(), users.to_vec());
+                $crate::support::detached(&self.runtime, async move {
+                    $read!(inner, presence_of(&users, now))
+                })
                 .await
             }
 

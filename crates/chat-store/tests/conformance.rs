@@ -8,6 +8,8 @@
 
 #[path = "conformance/cases.rs"]
 mod cases;
+#[path = "conformance/cases_1_1.rs"]
+mod cases_1_1;
 #[path = "conformance/support.rs"]
 mod support;
 
@@ -50,6 +52,12 @@ macro_rules! conformance_suite {
                 reopening_keeps_the_data,
                 large_batches_span_several_inserts,
             );
+            conformance_suite!(@current_1_1 $open;
+                rooms_page_orders_by_activity_and_pages_with_a_cursor,
+                received_moves_the_delivered_watermark_forward_only,
+                delete_leaves_a_tombstone_and_follows_the_unsend_rules,
+                presence_rows_follow_nodes_and_connections,
+            );
             conformance_suite!(@multi $open;
                 concurrent_open_room_returns_one_room,
                 concurrent_appends_to_one_room,
@@ -63,6 +71,15 @@ macro_rules! conformance_suite {
             async fn $case() {
                 let store = $open.await;
                 cases::$case(&store).await;
+            }
+        )*
+    };
+    (@current_1_1 $open:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let store = $open.await;
+                cases_1_1::$case(&store).await;
             }
         )*
     };

@@ -231,10 +231,16 @@ impl Reader {
                     ),
                 );
             }
+            // Protocol 1.1's frames are not part of what the engine measures.
             ServerFrame::Ready { .. }
+            | ServerFrame::Rooms { .. }
             | ServerFrame::RoomOpened { .. }
             | ServerFrame::RoomClosed { .. }
-            | ServerFrame::Seen { .. } => {}
+            | ServerFrame::Seen { .. }
+            | ServerFrame::Typing { .. }
+            | ServerFrame::Delivered { .. }
+            | ServerFrame::MessageDeleted { .. }
+            | ServerFrame::Presence { .. } => {}
         }
     }
 

@@ -769,8 +769,7 @@ impl Member {
             self.live_last = self.live_last.max(seq);
         }
         let micros = m
-            .body
-            .as_str()
+            .text()
             .split_whitespace()
             .nth(1)
             .and_then(|t| t.parse().ok());

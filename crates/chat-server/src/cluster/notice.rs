@@ -9,7 +9,7 @@
 //! by seq. Seen and room events are small and travel whole. A notice names its node, so an
 //! engine that echoes a node's own notices back lets the node drop them.
 
-use chat_domain::{Members, Message, RoomId, Seq, Timestamp, UserId};
+use chat_domain::{Members, Message, Presence, RoomId, Seq, Timestamp, UserId};
 use serde::{Deserialize, Serialize};
 
 /// PostgreSQL refuses `NOTIFY` payloads of 8,000 bytes or more; notices are split below this.
@@ -47,12 +47,31 @@ pub enum Item {
         up_to: Seq,
         at: Timestamp,
     },
-    /// A room was created.
+    /// A room was created, with its members' presence then.
     #[serde(rename = "o")]
     RoomOpened {
         room: RoomId,
         members: [UserId; 2],
         created_at: Timestamp,
+        #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "p")]
+        presence: Vec<(UserId, Presence)>,
+    },
+    /// `reader`'s delivered watermark moved.
+    #[serde(rename = "d")]
+    Delivered {
+        room: RoomId,
+        members: [UserId; 2],
+        reader: UserId,
+        up_to: Seq,
+        at: Timestamp,
+    },
+    /// Message `seq` was deleted.
+    #[serde(rename = "x")]
+    Deleted {
+        room: RoomId,
+        members: [UserId; 2],
+        seq: Seq,
+        at: Timestamp,
     },
     /// A room was closed.
     #[serde(rename = "c")]

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use chat_store::StoreEvent;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::notice::pair;
@@ -31,10 +31,13 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// `ephemeral`: items never stored (typing, presence) that this node's registry hands
+    /// over for the other nodes.
     pub fn spawn(
         node: String,
         bus: Arc<dyn Bus>,
         mut events: broadcast::Receiver<Arc<StoreEvent>>,
+        mut ephemeral: mpsc::Receiver<Item>,
     ) -> Self {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -57,7 +60,14 @@ impl Publisher {
                             }
                             Err(broadcast::error::RecvError::Closed) => return,
                         },
+                        Some(item) = ephemeral.recv() => pending.push(item),
                         _ = &mut stopped => stopping = true,
+                    }
+                }
+                while pending.len() < MAX_EVENTS_PER_NOTICE {
+                    match ephemeral.try_recv() {
+                        Ok(item) => pending.push(item),
+                        Err(_) => break,
                     }
                 }
                 let mut batch = Vec::new();
@@ -161,10 +171,35 @@ pub fn items(events: &[Arc<StoreEvent>]) -> Vec<Item> {
                 up_to: *up_to,
                 at: *seen_at,
             }),
-            StoreEvent::RoomOpened { room } => items.push(Item::RoomOpened {
+            StoreEvent::RoomOpened { room, presence } => items.push(Item::RoomOpened {
                 room: room.id.clone(),
                 members: pair(&room.members),
                 created_at: room.created_at,
+                presence: presence.clone(),
+            }),
+            StoreEvent::DeliveredMarked {
+                room_id,
+                members,
+                reader,
+                up_to,
+                delivered_at,
+            } => items.push(Item::Delivered {
+                room: room_id.clone(),
+                members: pair(members),
+                reader: reader.clone(),
+                up_to: *up_to,
+                at: *delivered_at,
+            }),
+            StoreEvent::MessageDeleted {
+                room_id,
+                members,
+                seq,
+                deleted_at,
+            } => items.push(Item::Deleted {
+                room: room_id.clone(),
+                members: pair(members),
+                seq: *seq,
+                at: *deleted_at,
             }),
             StoreEvent::RoomClosed { room } => items.push(Item::RoomClosed {
                 room: room.id.clone(),

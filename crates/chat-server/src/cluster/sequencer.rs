@@ -204,10 +204,11 @@ mod tests {
             room_id: room(),
             seq: Seq::new(seq).unwrap(),
             sender_id: UserId::new("alice").unwrap(),
-            body: Body::new("hi").unwrap(),
+            body: Some(Body::new("hi").unwrap()),
             sent_at: Timestamp::from_unix_micros(1).unwrap(),
             seen_at: None,
             client_msg_id: ClientMsgId::new(format!("c{seq}")).unwrap(),
+            deleted_at: None,
         }
     }
 

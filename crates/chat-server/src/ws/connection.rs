@@ -22,8 +22,13 @@ use std::time::Duration;
 
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, ProtocolError, Session};
 use bytestring::ByteString;
-use chat_domain::protocol::{ClientFrame, Close, ErrorCode, Reply, ServerFrame, request_id};
-use chat_domain::{Body, ClientMsgId, HistoryPage, Message, NewMessage, Req, RoomId, Seq, UserId};
+use chat_domain::protocol::{
+    ClientFrame, Close, ErrorCode, PROTOCOL_VERSION, Reply, ServerFrame, request_id,
+};
+use chat_domain::{
+    Body, ClientMsgId, Deleter, HistoryPage, Message, NewMessage, ROOMS_PAGE, Req, RoomId,
+    RoomsCursor, RoomsPage, Seq, UserId,
+};
 use chat_store::Appended;
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
@@ -65,6 +70,13 @@ enum Outcome {
         room: RoomId,
         result: Result<Vec<Message>, ServerError>,
     },
+    /// A request answered only when it fails (received, delete, typing).
+    Quiet {
+        kind: RequestKind,
+        room: RoomId,
+        result: Result<(), ServerError>,
+    },
+    Rooms(Result<RoomsPage, ServerError>),
 }
 
 pub async fn run(
@@ -82,7 +94,11 @@ pub async fn run(
         }
     };
     let user = verified.user.clone();
-    let registration = match state.registry.register(user.clone()).await {
+    let registration = match state
+        .registry
+        .register(user.clone(), !verified.hide_presence)
+        .await
+    {
         Ok(registration) => registration,
         Err(RegisterError::TooManyConnections) => {
             outbox.push_text(
@@ -251,15 +267,15 @@ impl Connection {
         kicked: tokio::sync::oneshot::Receiver<Kick>,
         expires_at: i64,
     ) {
-        let rooms = match self.state.store.rooms_of(&self.user).await {
-            Ok(rooms) => rooms,
+        let page = match self.rooms_page(None).await {
+            Ok(page) => page,
             Err(error) => {
-                let error = ServerError::from(error);
                 self.error(None, error.wire_code(), error.to_string(), None);
                 return finish(self.session, self.outbox, Close::Internal).await;
             }
         };
-        tracing::info!(rooms = rooms.len(), "connection ready");
+        let (rooms, more_rooms) = (page.rooms, page.more);
+        tracing::info!(rooms = rooms.len(), more_rooms, "connection ready");
         let mut tracked = Vec::with_capacity(rooms.len());
         for room in &rooms {
             if let [a, b] = room.members.as_slice()
@@ -278,8 +294,10 @@ impl Connection {
         self.reply(
             None,
             &ServerFrame::Ready {
+                protocol: PROTOCOL_VERSION.to_owned(),
                 user_id: self.user.clone(),
                 rooms,
+                more_rooms,
             },
         );
         let close = self.serve(&mut stream, mailbox, kicked, expires_at).await;
@@ -367,6 +385,11 @@ impl Connection {
         }
     }
 
+    /// A page of this user's rooms, with the peers' presence when presence is on.
+    async fn rooms_page(&self, cursor: Option<RoomsCursor>) -> Result<RoomsPage, ServerError> {
+        rooms_page(&self.state, &self.user, cursor).await
+    }
+
     /// A frame from the registry: written, unless it is a message `ready` already counted.
     fn on_delivery(&mut self, delivery: Delivery) {
         if let Some(at) = delivery.at {
@@ -445,6 +468,48 @@ impl Connection {
             ClientFrame::Seen { room_id, up_to_seq } => {
                 if self.within_budget(req, RequestKind::Seen) {
                     self.on_seen(req, room_id, up_to_seq);
+                }
+            }
+            ClientFrame::Typing { room_id } => {
+                // One per second per user and room goes on; the rest are dropped silently
+                // (before any other check: a typing storm costs nothing).
+                if self
+                    .state
+                    .typing
+                    .check(&(self.user.clone(), room_id.clone()))
+                    && self.within_budget(req, RequestKind::Typing)
+                {
+                    self.on_typing(req, room_id);
+                }
+            }
+            ClientFrame::Received { room_id, up_to_seq } => {
+                if self.within_budget(req, RequestKind::Received) {
+                    self.on_received(req, room_id, up_to_seq);
+                }
+            }
+            ClientFrame::Delete { room_id, seq } => {
+                if self.within_budget(req, RequestKind::Delete) {
+                    self.on_delete(req, room_id, seq);
+                }
+            }
+            ClientFrame::Rooms {
+                before_activity_at,
+                before_room_id,
+            } => {
+                if self.within_budget(req, RequestKind::Rooms) {
+                    let cursor = RoomsCursor {
+                        before_activity_at,
+                        before_room_id,
+                    };
+                    let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
+                    self.history_in_flight += 1;
+                    self.pending.push(Box::pin(async move {
+                        let result = rooms_page(&state, &user, Some(cursor)).await;
+                        Done {
+                            req,
+                            outcome: Outcome::Rooms(result),
+                        }
+                    }));
                 }
             }
             ClientFrame::History {
@@ -550,6 +615,78 @@ impl Connection {
         }));
     }
 
+    /// Checks membership and an open room, then hands the typing notice to the other
+    /// member's connections (through the registry, on every node). Never stored.
+    fn on_typing(&mut self, req: Option<&Req>, room_id: RoomId) {
+        let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
+        self.pending.push(Box::pin(async move {
+            let result = async {
+                let room = state.store.room(&room_id).await?;
+                room.ensure_can_send(&user)?;
+                let other = room.members.other(&user)?.clone();
+                let frame = ServerFrame::Typing {
+                    room_id: room_id.clone(),
+                    user_id: user.clone(),
+                };
+                state.registry.ephemeral(vec![other], frame.to_json()).await;
+                Ok::<(), ServerError>(())
+            }
+            .await;
+            Done {
+                req,
+                outcome: Outcome::Quiet {
+                    kind: RequestKind::Typing,
+                    room: room_id,
+                    result,
+                },
+            }
+        }));
+    }
+
+    fn on_received(&mut self, req: Option<&Req>, room_id: RoomId, up_to: Seq) {
+        let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
+        self.pending.push(Box::pin(async move {
+            let result = state
+                .store
+                .mark_received(&room_id, &user, up_to, state.clock.now())
+                .await
+                .map(|_| ())
+                .map_err(ServerError::from);
+            Done {
+                req,
+                outcome: Outcome::Quiet {
+                    kind: RequestKind::Received,
+                    room: room_id,
+                    result,
+                },
+            }
+        }));
+    }
+
+    fn on_delete(&mut self, req: Option<&Req>, room_id: RoomId, seq: Seq) {
+        let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
+        let by = Deleter::Member {
+            user,
+            window_secs: state.config.unsend_window_secs,
+        };
+        self.pending.push(Box::pin(async move {
+            let result = state
+                .store
+                .delete_message(&room_id, seq, by, state.clock.now())
+                .await
+                .map(|_| ())
+                .map_err(ServerError::from);
+            Done {
+                req,
+                outcome: Outcome::Quiet {
+                    kind: RequestKind::Delete,
+                    room: room_id,
+                    result,
+                },
+            }
+        }));
+    }
+
     fn on_history(&mut self, req: Option<&Req>, room_id: RoomId, page: HistoryPage) {
         let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
         self.history_in_flight += 1;
@@ -609,6 +746,31 @@ impl Connection {
                 tracing::info!(room = %room, code = %error.wire_code(), "seen refused");
                 self.error(req, error.wire_code(), error.to_string(), None);
             }
+            Outcome::Quiet { result: Ok(()), .. } => {}
+            Outcome::Quiet {
+                kind,
+                room,
+                result: Err(error),
+            } => {
+                tracing::info!(room = %room, request = kind.name(), code = %error.wire_code(), "request refused");
+                self.error(req, error.wire_code(), error.to_string(), None);
+            }
+            Outcome::Rooms(result) => {
+                self.history_in_flight -= 1;
+                match result {
+                    Ok(page) => self.reply(
+                        req,
+                        &ServerFrame::Rooms {
+                            rooms: page.rooms,
+                            more_rooms: page.more,
+                        },
+                    ),
+                    Err(error) => {
+                        tracing::info!(code = %error.wire_code(), "rooms refused");
+                        self.error(req, error.wire_code(), error.to_string(), None);
+                    }
+                }
+            }
             Outcome::History { room, result } => {
                 self.history_in_flight -= 1;
                 match result {
@@ -627,4 +789,24 @@ impl Connection {
             }
         }
     }
+}
+
+/// A page of `user`'s rooms ([`ROOMS_PAGE`] at most), with the peers' presence filled in
+/// unless presence is off.
+async fn rooms_page(
+    state: &AppState,
+    user: &UserId,
+    cursor: Option<RoomsCursor>,
+) -> Result<RoomsPage, ServerError> {
+    let mut page = state.store.rooms_page(user, cursor, ROOMS_PAGE).await?;
+    if state.config.presence_enabled() {
+        crate::presence::fill_peers(
+            state.store.as_ref(),
+            user,
+            &mut page.rooms,
+            state.clock.now(),
+        )
+        .await;
+    }
+    Ok(page)
 }

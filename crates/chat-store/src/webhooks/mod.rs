@@ -45,8 +45,11 @@ use crate::repository::Repository;
 
 pub use postgres::PgWebhooks;
 
-/// How recent a node's heartbeat must be for its connections to count (`presence_nodes`).
-pub const PRESENCE_FRESH: Duration = Duration::from_secs(20);
+/// How recent a node's heartbeat must be for its connections to count (`presence_nodes`):
+/// presence's own rule (`chat_domain::presence::NODE_STALE`, 15 s), so a recipient counts
+/// as connected for webhooks exactly when presence counts the node alive. Hidden
+/// connections (`visible = false`) count too: they are connections.
+pub const PRESENCE_FRESH: Duration = chat_domain::presence::NODE_STALE;
 
 /// Connections of a store of webhooks on PostgreSQL: the scheduler's and the sender's calls,
 /// which are few and short. Its own pool, so the chat's is never waited on by webhooks.

@@ -47,6 +47,7 @@ pub async fn open_room_is_idempotent_in_either_order(s: &TestStore) {
     assert_eq!(
         drain(&mut rx),
         vec![StoreEvent::RoomOpened {
+            presence: never_seen(&first.room),
             room: first.room.clone()
         }],
         "one event, for the creation"
@@ -95,6 +96,7 @@ pub async fn closed_pair_gets_a_new_room(s: &TestStore) {
     assert_eq!(
         drain(&mut rx),
         vec![StoreEvent::RoomOpened {
+            presence: never_seen(&new.room),
             room: new.room.clone()
         }]
     );
@@ -192,7 +194,7 @@ pub async fn append_assigns_gapless_seq(s: &TestStore) {
     assert_eq!(send(repo, &other.id, "carol", "c1", t(9)).await.seq, seq(1));
     let stored = all_history(repo, &room.id, "alice").await;
     assert_eq!(seqs(&stored), vec![1, 2, 3, 4, 5]);
-    assert_eq!(stored[2].body.as_str(), "message c3");
+    assert_eq!(stored[2].text(), "message c3");
     assert_eq!(
         stored[2].sent_at,
         t(4),
@@ -286,7 +288,7 @@ pub async fn append_batch_reports_each_message_in_input_order(s: &TestStore) {
         other => panic!("{other:?}"),
     };
     assert_eq!(
-        (new_a1.seq, new_a1.sent_at, new_a1.body.as_str()),
+        (new_a1.seq, new_a1.sent_at, new_a1.text()),
         (seq(2), t(3), "one")
     );
     assert_eq!(results[1], Err(rule(DomainError::NotAMember)));
@@ -340,10 +342,21 @@ pub async fn events_are_published_after_commit(s: &TestStore) {
     assert_eq!(
         events,
         vec![
-            StoreEvent::RoomOpened { room: room.clone() },
+            StoreEvent::RoomOpened {
+                presence: never_seen(&room),
+                room: room.clone(),
+            },
             StoreEvent::MessageCommitted {
                 members: room.members.clone(),
                 message: m.clone()
+            },
+            // A seen raises the delivered watermark with it, and says so first.
+            StoreEvent::DeliveredMarked {
+                room_id: room.id.clone(),
+                members: room.members.clone(),
+                reader: user("bob"),
+                up_to: seq(1),
+                delivered_at: t(3),
             },
             StoreEvent::SeenMarked {
                 room_id: room.id.clone(),
@@ -492,11 +505,7 @@ pub async fn history_pages(s: &TestStore) {
         .await;
     let m = full.unwrap().pop().expect("message 42");
     assert_eq!(
-        (
-            m.body.as_str(),
-            m.sender_id.as_str(),
-            m.client_msg_id.as_str()
-        ),
+        (m.text(), m.sender_id.as_str(), m.client_msg_id.as_str()),
         ("m42", "bob", "c42")
     );
 
@@ -587,13 +596,23 @@ pub async fn mark_seen_marks_only_the_other_members_messages(s: &TestStore) {
     assert_eq!(out.seen_at, t(10));
     assert_eq!(
         drain(&mut rx),
-        vec![StoreEvent::SeenMarked {
-            room_id: room.id.clone(),
-            members: room.members.clone(),
-            reader: user("bob"),
-            up_to: seq(3),
-            seen_at: t(10),
-        }]
+        vec![
+            StoreEvent::DeliveredMarked {
+                room_id: room.id.clone(),
+                members: room.members.clone(),
+                reader: user("bob"),
+                // Only the other member's messages count: bob's own seq 3 is not delivered to him.
+                up_to: seq(2),
+                delivered_at: t(10),
+            },
+            StoreEvent::SeenMarked {
+                room_id: room.id.clone(),
+                members: room.members.clone(),
+                reader: user("bob"),
+                up_to: seq(3),
+                seen_at: t(10),
+            }
+        ]
     );
     let seen: Vec<Option<Timestamp>> = all_history(repo, &room.id, "alice")
         .await
@@ -807,12 +826,12 @@ pub async fn bodies_are_counted_in_characters(s: &TestStore) {
             .append(new_msg(&room.id, "alice", &format!("c{i}"), text), t(2))
             .await;
         let m = m.unwrap().into_message();
-        assert_eq!(m.body.as_str(), text.as_str());
+        assert_eq!(m.text(), text.as_str());
     }
     let stored: Vec<String> = all_history(repo, &room.id, "bob")
         .await
         .iter()
-        .map(|m| m.body.to_string())
+        .map(|m| m.text().to_owned())
         .collect();
     assert_eq!(
         stored,
@@ -1058,4 +1077,13 @@ pub async fn large_batches_span_several_inserts(s: &TestStore) {
     assert_eq!(drain(&mut rx), vec![]);
     let summary = repo.room_summary(&rooms[0], &user("bob")).await.unwrap();
     assert_eq!((summary.last_seq, summary.unread), (834, 834));
+}
+
+/// The presence a `RoomOpened` event carries for two users never connected.
+fn never_seen(room: &chat_domain::Room) -> Vec<(chat_domain::UserId, chat_domain::Presence)> {
+    room.members
+        .as_slice()
+        .iter()
+        .map(|u| (u.clone(), chat_domain::Presence::default()))
+        .collect()
 }
