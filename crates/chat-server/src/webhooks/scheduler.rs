@@ -14,9 +14,9 @@
 //!    [`SWEEP_EVERY`] and at start, every stored burst whose recipient still has unseen
 //!    messages (the safety net for marks made on another node or before a crash; it also
 //!    prunes the rows of bursts seen to the end);
-//! 3. asks the store which candidates are due, and opens the due bursts (a transaction per
-//!    50 that re-checks them under their rows' locks: two nodes scanning at once make one
-//!    delivery per burst), then wakes the sender.
+//! 3. asks the store which candidates are due, and opens the due bursts (a transaction of
+//!    five statements per 100 bursts, that re-checks them under their rows' locks: two nodes
+//!    scanning at once make one delivery per burst), then wakes the sender.
 //!
 //! The cursor is saved every [`SAVE_EVERY`] and at shutdown; after a restart the scan goes
 //! back [`DEEP_MARGIN`] behind the saved cursor, so a crash loses no burst. On a first start

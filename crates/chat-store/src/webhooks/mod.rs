@@ -56,7 +56,7 @@ pub const PRESENCE_FRESH: Duration = chat_domain::presence::NODE_STALE;
 pub const POOL_SIZE: usize = 3;
 
 /// Bursts opened per transaction ([`WebhookStore::open_bursts`]).
-pub const OPEN_CHUNK: usize = 50;
+pub const OPEN_CHUNK: usize = 100;
 
 /// A room and the member whose messages there may be waiting for the other member.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

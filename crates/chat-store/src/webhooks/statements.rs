@@ -109,28 +109,78 @@ WHERE EXISTS ( \
 /// Candidates per `due` statement (two binds each).
 pub(crate) const DUE_CHUNK: usize = 200;
 
-/// Creates the burst row if missing and locks it (an upsert that changes nothing takes the
-/// row lock on PostgreSQL; SQLite's writer holds the database's lock already).
-const LOCK_BURST_SQL: &str = "INSERT INTO webhook_bursts (room_id, recipient_id, notified_up_to_seq) \
-     VALUES ($1, $2, 0) ON CONFLICT (room_id, recipient_id) \
-     DO UPDATE SET notified_up_to_seq = webhook_bursts.notified_up_to_seq \
-     RETURNING notified_up_to_seq";
+/// Creates the burst rows of `n` `(room_id, recipient_id)` pairs if missing, and locks them
+/// (an upsert that changes nothing takes the row lock on PostgreSQL, row after row in the
+/// order given; SQLite's writer holds the database's lock already).
+fn lock_bursts_sql(n: usize) -> String {
+    format!(
+        "INSERT INTO webhook_bursts (room_id, recipient_id, notified_up_to_seq) VALUES {} \
+         ON CONFLICT (room_id, recipient_id) \
+         DO UPDATE SET notified_up_to_seq = webhook_bursts.notified_up_to_seq",
+        tuples(n, 2, 1, ", 0")
+    )
+}
 
-/// The newest unseen, undeleted message of `$2` in room `$1`, and how many there are.
-const LATEST_UNSEEN_SQL: &str = "SELECT m.seq AS last_seq, m.sent_at AS last_sent_at, \
-       (SELECT count(*) FROM messages u WHERE u.room_id = $1 AND u.sender_id = $2 \
-          AND u.seen_at IS NULL AND u.deleted_at IS NULL) AS unseen_count \
-     FROM messages m \
-     WHERE m.room_id = $1 AND m.sender_id = $2 AND m.seen_at IS NULL AND m.deleted_at IS NULL \
-     ORDER BY m.seq DESC LIMIT 1";
+/// For `n` `(room_id, sender_id)` pairs: the newest unseen, undeleted message of the sender
+/// in the room, its time, and how many there are.
+fn latest_unseen_sql(n: usize) -> String {
+    format!(
+        "WITH c (room_id, sender_id) AS (VALUES {}), \
+         l AS ( \
+            SELECT c.room_id, c.sender_id, \
+              (SELECT max(m.seq) FROM messages m WHERE m.room_id = c.room_id \
+                 AND m.sender_id = c.sender_id AND m.seen_at IS NULL AND m.deleted_at IS NULL) AS last_seq, \
+              (SELECT count(*) FROM messages m WHERE m.room_id = c.room_id \
+                 AND m.sender_id = c.sender_id AND m.seen_at IS NULL AND m.deleted_at IS NULL) AS unseen_count \
+            FROM c) \
+         SELECT l.room_id, l.sender_id, l.last_seq, m.sent_at AS last_sent_at, l.unseen_count \
+         FROM l JOIN messages m ON m.room_id = l.room_id AND m.seq = l.last_seq",
+        tuples(n, 2, 1, "")
+    )
+}
 
-const MOVE_BURST_SQL: &str = "UPDATE webhook_bursts SET notified_up_to_seq = $3, notified_at = $4 \
-     WHERE room_id = $1 AND recipient_id = $2";
+/// Moves `n` bursts' `notified_up_to_seq` (`$1`: now; then `(room_id, recipient_id, seq)`).
+/// VALUES columns are `column1`... in both databases.
+fn move_bursts_sql(n: usize) -> String {
+    format!(
+        "UPDATE webhook_bursts SET notified_up_to_seq = v.column3, notified_at = $1 \
+         FROM (VALUES {}) AS v \
+         WHERE webhook_bursts.room_id = v.column1 AND webhook_bursts.recipient_id = v.column2",
+        tuples(n, 3, 2, "")
+    )
+}
 
-const INSERT_DELIVERY_SQL: &str = "INSERT INTO webhook_deliveries \
-     (delivery_id, room_id, recipient_id, sender_id, unseen_count, last_seq, last_sent_at, \
-      created_at, attempts, next_attempt_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $8)";
+/// Inserts `n` deliveries, due at once (`$1`: now, their `created_at`; then per delivery its
+/// id, room, recipient, sender, unseen count, last seq and last `sent_at`).
+fn insert_deliveries_sql(n: usize) -> String {
+    format!(
+        "INSERT INTO webhook_deliveries \
+         (delivery_id, room_id, recipient_id, sender_id, unseen_count, last_seq, last_sent_at, \
+          created_at, attempts, next_attempt_at) VALUES {}",
+        tuples(n, 7, 2, ", $1, 0, $1")
+    )
+}
+
+/// `n` tuples of `width` placeholders numbered from `first`, each followed by `tail`:
+/// `($1, $2, 0), ($3, $4, 0)`.
+fn tuples(n: usize, width: usize, first: usize, tail: &str) -> String {
+    let mut out = String::with_capacity(n * (width * 5 + tail.len() + 4));
+    for row in 0..n {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for col in 0..width {
+            if col > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", first + row * width + col));
+        }
+        out.push_str(tail);
+        out.push(')');
+    }
+    out
+}
 
 /// Every column of `webhook_deliveries`, in the order of [`DeliveryRow`] (read by name).
 macro_rules! delivery_columns {
@@ -233,14 +283,11 @@ pub(crate) struct DueRow {
 }
 
 #[derive(QueryableByName)]
-struct NotifiedRow {
-    #[diesel(sql_type = BigInt)]
-    #[allow(dead_code)]
-    notified_up_to_seq: i64,
-}
-
-#[derive(QueryableByName)]
 struct LatestRow {
+    #[diesel(sql_type = Text)]
+    room_id: String,
+    #[diesel(sql_type = Text)]
+    sender_id: String,
     #[diesel(sql_type = BigInt)]
     last_seq: i64,
     #[diesel(sql_type = BigInt)]
@@ -369,67 +416,86 @@ db_run! {
         rows.iter().map(DueRow::to_due).collect()
     }
 
-    /// Makes the deliveries of those of `bursts` that are still due (see
-    /// `WebhookStore::open_bursts`); `ids` are their ids, one per burst. Run in a transaction.
+    /// Makes the deliveries of those of `bursts` (at most [`super::OPEN_CHUNK`]) that are
+    /// still due (see `WebhookStore::open_bursts`); `ids` are their ids, one per burst. Five
+    /// statements, whatever the number of bursts. Run in a transaction.
     fn open_bursts(conn, bursts: &[DueBurst], now: Timestamp, rule: DueRule, ids: &[String]) -> Result<Vec<Delivery>, TxError> {
         // Lock the rows in key order, so two nodes opening overlapping sets cannot deadlock.
         let mut order: Vec<(&DueBurst, &String)> = bursts.iter().zip(ids).collect();
         order.sort();
-        for (burst, _) in &order {
-            let _locked: Vec<NotifiedRow> = run!(diesel::sql_query(sql_for(&*conn, LOCK_BURST_SQL))
-                .bind::<Text, _>(burst.room_id.as_str())
-                .bind::<Text, _>(burst.recipient_id.as_str())
-                .load(conn))?;
+        order.dedup_by(|a, b| a.0 == b.0);
+        if order.is_empty() {
+            return Ok(Vec::new());
         }
-        // Under the locks: which are still due.
+        let mut lock = boxed(&*conn, &lock_bursts_sql(order.len()));
+        for (burst, _) in &order {
+            lock = lock
+                .bind::<Text, _>(burst.room_id.as_str())
+                .bind::<Text, _>(burst.recipient_id.as_str());
+        }
+        run!(lock.execute(conn))?;
+        // Under the locks: which are still due, and their newest unseen messages.
         let candidates: Vec<Candidate> = order.iter().map(|(b, _)| b.candidate()).collect();
         let still_due = run!(due(conn, &candidates, now, rule))?;
-        let mut made = Vec::new();
-        for (burst, delivery_id) in order {
-            if !still_due.contains(burst) {
-                continue;
-            }
-            let latest: Vec<LatestRow> = run!(diesel::sql_query(sql_for(&*conn, LATEST_UNSEEN_SQL))
+        order.retain(|(burst, _)| still_due.contains(burst));
+        if order.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut latest = boxed(&*conn, &latest_unseen_sql(order.len()));
+        for (burst, _) in &order {
+            latest = latest
                 .bind::<Text, _>(burst.room_id.as_str())
-                .bind::<Text, _>(burst.sender_id.as_str())
-                .load(conn))?;
-            let Some(latest) = latest.into_iter().next() else {
+                .bind::<Text, _>(burst.sender_id.as_str());
+        }
+        let latest: Vec<LatestRow> = run!(latest.load(conn))?;
+        let mut rows = Vec::with_capacity(order.len());
+        for (burst, delivery_id) in &order {
+            let Some(l) = latest
+                .iter()
+                .find(|l| l.room_id == burst.room_id.as_str() && l.sender_id == burst.sender_id.as_str())
+            else {
                 continue;
             };
-            run!(diesel::sql_query(sql_for(&*conn, MOVE_BURST_SQL))
-                .bind::<Text, _>(burst.room_id.as_str())
-                .bind::<Text, _>(burst.recipient_id.as_str())
-                .bind::<BigInt, _>(latest.last_seq)
-                .bind::<BigInt, _>(now.unix_micros())
-                .execute(conn))?;
-            run!(diesel::sql_query(sql_for(&*conn, INSERT_DELIVERY_SQL))
-                .bind::<Text, _>(delivery_id.as_str())
-                .bind::<Text, _>(burst.room_id.as_str())
-                .bind::<Text, _>(burst.recipient_id.as_str())
-                .bind::<Text, _>(burst.sender_id.as_str())
-                .bind::<BigInt, _>(latest.unseen_count)
-                .bind::<BigInt, _>(latest.last_seq)
-                .bind::<BigInt, _>(latest.last_sent_at)
-                .bind::<BigInt, _>(now.unix_micros())
-                .execute(conn))?;
-            let row = DeliveryRow {
-                delivery_id: delivery_id.clone(),
+            rows.push(DeliveryRow {
+                delivery_id: (*delivery_id).clone(),
                 room_id: burst.room_id.as_str().to_owned(),
                 recipient_id: burst.recipient_id.as_str().to_owned(),
                 sender_id: burst.sender_id.as_str().to_owned(),
-                unseen_count: latest.unseen_count,
-                last_seq: latest.last_seq,
-                last_sent_at: latest.last_sent_at,
+                unseen_count: l.unseen_count,
+                last_seq: l.last_seq,
+                last_sent_at: l.last_sent_at,
                 created_at: now.unix_micros(),
                 attempts: 0,
                 next_attempt_at: now.unix_micros(),
                 locked_until: None,
                 last_error: None,
                 failed_at: None,
-            };
-            made.push(row.to_delivery()?);
+            });
         }
-        Ok(made)
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut moved = boxed(&*conn, &move_bursts_sql(rows.len())).bind::<BigInt, _>(now.unix_micros());
+        for row in &rows {
+            moved = moved
+                .bind::<Text, _>(row.room_id.as_str())
+                .bind::<Text, _>(row.recipient_id.as_str())
+                .bind::<BigInt, _>(row.last_seq);
+        }
+        run!(moved.execute(conn))?;
+        let mut insert = boxed(&*conn, &insert_deliveries_sql(rows.len())).bind::<BigInt, _>(now.unix_micros());
+        for row in &rows {
+            insert = insert
+                .bind::<Text, _>(row.delivery_id.as_str())
+                .bind::<Text, _>(row.room_id.as_str())
+                .bind::<Text, _>(row.recipient_id.as_str())
+                .bind::<Text, _>(row.sender_id.as_str())
+                .bind::<BigInt, _>(row.unseen_count)
+                .bind::<BigInt, _>(row.last_seq)
+                .bind::<BigInt, _>(row.last_sent_at);
+        }
+        run!(insert.execute(conn))?;
+        rows.iter().map(DeliveryRow::to_delivery).collect()
     }
 
     /// Whether a delivery is due at `now`.
@@ -657,6 +723,21 @@ mod tests {
             "a = ?1 AND b = ?12 OR c = ?1"
         );
         assert!(matches!(sqlite_placeholders("no binds"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn batch_statements_number_their_binds() {
+        assert_eq!(tuples(2, 2, 1, ", 0"), "($1, $2, 0), ($3, $4, 0)");
+        assert_eq!(tuples(2, 3, 2, ""), "($2, $3, $4), ($5, $6, $7)");
+        let insert = insert_deliveries_sql(2);
+        assert!(
+            insert.ends_with("($2, $3, $4, $5, $6, $7, $8, $1, 0, $1), ($9, $10, $11, $12, $13, $14, $15, $1, 0, $1)"),
+            "{insert}"
+        );
+        assert_eq!(
+            delete_sql(3),
+            "DELETE FROM webhook_deliveries WHERE delivery_id IN ($1, $2, $3)"
+        );
     }
 
     #[test]
