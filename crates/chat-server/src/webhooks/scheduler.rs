@@ -2,13 +2,17 @@
 //!
 //! Every [`TICK`] (and, when `CHAT_NOTIFY_AFTER_SECS=0`, at most [`MIN_GAP`] after a local
 //! commit) a pass:
-//! 1. reads which rooms and senders have unseen messages sent in `(cursor - margin, now - N]`
-//!    (a range of the partial index `messages_unseen_by_time`, aggregated in the database:
-//!    one row per room, not per message), as candidates. The margin ([`MARGIN`];
-//!    [`DEEP_MARGIN`] every [`DEEP_EVERY`]; [`START_MARGIN`] at start) covers messages
-//!    committed late (a long transaction, another node's clock): reading again is harmless,
-//!    since a burst makes one delivery however often it is found. A long span (a catch-up
-//!    after a stop) is read [`SLICE`] at a time, at most [`MAX_SLICES`] per pass;
+//! 1. reads which rooms and senders have unseen messages sent since the last pass and at
+//!    least N ago (a range of the partial index `messages_unseen_by_time`, aggregated in the
+//!    database: one row per room, not per message), as candidates. A message can become
+//!    visible a little after its `sent_at` (the group commit's time, taken before its
+//!    transaction), so a pass also reads again what was sent in the last [`MARGIN`] (which
+//!    with N >= 2 s is nothing more); a deep pass, every [`DEEP_EVERY`], reads
+//!    [`DEEP_MARGIN`] further back for commits later than that, and the first pass after a
+//!    start [`START_MARGIN`] behind the saved cursor. Reading again is harmless: a burst
+//!    makes one delivery however often it is found. So each unseen message is read about
+//!    twice per node. A long span (a catch-up after a stop) is read [`SLICE`] at a time, at
+//!    most [`MAX_SLICES`] per pass;
 //! 2. adds the rooms a recipient marked seen [`Rule`'s `notify_after`] ago (from this node's
 //!    store events: a burst seen only in part starts a new burst at the mark) and, every
 //!    [`SWEEP_EVERY`] and at start, every stored burst whose recipient still has unseen
@@ -42,7 +46,8 @@ use crate::metrics;
 pub const TICK: Duration = Duration::from_secs(1);
 /// The least time between two passes woken by commits (`CHAT_NOTIFY_AFTER_SECS=0`).
 pub const MIN_GAP: Duration = Duration::from_millis(100);
-/// How far behind its cursor an ordinary pass reads again.
+/// How long after its `sent_at` a message may become visible, for an ordinary pass: it
+/// reads from its cursor or from `now - MARGIN`, whichever is older.
 pub const MARGIN: Duration = Duration::from_secs(2);
 /// How far behind its cursor a deep pass, every [`DEEP_EVERY`], reads again.
 pub const DEEP_MARGIN: Duration = Duration::from_secs(30);
@@ -217,12 +222,12 @@ impl Scheduler {
             Some(cursor) => cursor,
             None => self.store.scan_cursor().await?.unwrap_or(up_to),
         };
-        let margin = match (first, deep) {
-            (true, _) => START_MARGIN,
-            (false, true) => DEEP_MARGIN,
-            (false, false) => MARGIN,
-        };
-        let mut from = before(cursor.min(up_to), margin);
+        let mut from = match (first, deep) {
+            (true, _) => before(cursor, START_MARGIN),
+            (false, true) => before(cursor, DEEP_MARGIN),
+            (false, false) => cursor.min(before(now, MARGIN)),
+        }
+        .min(up_to);
         let mut candidates = BTreeSet::new();
         // Where the next pass reads from (minus its margin): `up_to`, or the point a long
         // catch-up reached.
@@ -234,7 +239,7 @@ impl Scheduler {
             from = to;
             slices += 1;
             if slices >= MAX_SLICES && from < up_to {
-                next_cursor = after(from, MARGIN);
+                next_cursor = from;
                 break;
             }
         }
