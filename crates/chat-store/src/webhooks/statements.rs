@@ -78,7 +78,10 @@ const SCAN_SQL: &str = "SELECT m.room_id, m.sender_id FROM messages m \
 
 /// Which candidates hold a due burst. `$1`: the cutoff (`now - notify_after`, micros); `$2`:
 /// 1 when only offline recipients count; `$3`: the oldest fresh node heartbeat; then the
-/// candidates' `(room_id, sender_id)` pairs from `$4` (`{values}`).
+/// candidates' `(room_id, sender_id)` pairs from `$4`. The checks are a CASE so they run in
+/// this order and stop at the first that fails: a burst notified and still unseen (the common
+/// case of a busy room) is told apart by the first entry of the `messages_unseen` index
+/// (oldest first), without walking the burst's unseen messages.
 const DUE_SQL_HEAD: &str = "WITH c (room_id, sender_id) AS (VALUES ";
 const DUE_SQL_TAIL: &str = "), \
 k AS ( \
@@ -92,19 +95,21 @@ s AS ( \
     FROM k LEFT JOIN webhook_bursts b ON b.room_id = k.room_id AND b.recipient_id = k.recipient_id \
 ) \
 SELECT s.room_id, s.sender_id, s.recipient_id FROM s \
-WHERE EXISTS ( \
+WHERE CASE \
+    WHEN s.notified > 0 AND EXISTS ( \
         SELECT 1 FROM messages m \
         WHERE m.room_id = s.room_id AND m.sender_id = s.sender_id AND m.seen_at IS NULL \
-          AND m.deleted_at IS NULL AND m.seq > s.notified AND m.sent_at <= $1) \
-  AND NOT EXISTS ( \
+          AND m.deleted_at IS NULL AND m.seq <= s.notified) THEN 0 \
+    WHEN COALESCE((SELECT m.seen_at FROM messages m \
+        WHERE m.room_id = s.room_id AND m.seq = s.notified), 0) > $1 THEN 0 \
+    WHEN NOT EXISTS ( \
         SELECT 1 FROM messages m \
         WHERE m.room_id = s.room_id AND m.sender_id = s.sender_id AND m.seen_at IS NULL \
-          AND m.deleted_at IS NULL AND m.seq <= s.notified) \
-  AND COALESCE((SELECT m.seen_at FROM messages m \
-        WHERE m.room_id = s.room_id AND m.seq = s.notified), 0) <= $1 \
-  AND ($2 = 0 OR NOT EXISTS ( \
+          AND m.deleted_at IS NULL AND m.seq > s.notified AND m.sent_at <= $1) THEN 0 \
+    WHEN $2 <> 0 AND EXISTS ( \
         SELECT 1 FROM presence_connections pc JOIN presence_nodes pn ON pn.node_id = pc.node_id \
-        WHERE pc.user_id = s.recipient_id AND pn.heartbeat_at >= $3))";
+        WHERE pc.user_id = s.recipient_id AND pn.heartbeat_at >= $3) THEN 0 \
+    ELSE 1 END = 1";
 
 /// Candidates per `due` statement (two binds each).
 pub(crate) const DUE_CHUNK: usize = 200;
