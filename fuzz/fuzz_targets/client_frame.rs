@@ -8,7 +8,9 @@
 #![no_main]
 
 use chat_domain::protocol::{ClientFrame, MAX_FRAME_BYTES, request_id};
-use chat_domain::{Body, ClientMsgId, DomainError, HISTORY_WINDOW, HistoryPage, Req, RoomId, Seq};
+use chat_domain::{
+    Body, ClientMsgId, DomainError, HISTORY_WINDOW, HistoryPage, Req, RoomId, Seq, Timestamp,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -109,9 +111,26 @@ fuzz_target!(|data: &[u8]| {
                 Err(e) => assert!(e.wire_code().as_str().starts_with("body_"), "{e:?}"),
             }
         }
-        ClientFrame::Seen { room_id, up_to_seq } => {
+        ClientFrame::Seen { room_id, up_to_seq }
+        | ClientFrame::Received { room_id, up_to_seq } => {
             assert_eq!(RoomId::new(room_id.as_str()), Ok(room_id.clone()));
             assert!((1..=i64::MAX as u64).contains(&up_to_seq.get()));
+        }
+        ClientFrame::Delete { room_id, seq } => {
+            assert_eq!(RoomId::new(room_id.as_str()), Ok(room_id.clone()));
+            assert!((1..=i64::MAX as u64).contains(&seq.get()));
+        }
+        ClientFrame::Typing { room_id } => {
+            assert_eq!(RoomId::new(room_id.as_str()), Ok(room_id.clone()));
+        }
+        ClientFrame::Rooms {
+            before_activity_at,
+            before_room_id,
+        } => {
+            assert_eq!(RoomId::new(before_room_id.as_str()), Ok(before_room_id.clone()));
+            // The cursor's time is a valid timestamp that prints and parses back.
+            let text = before_activity_at.to_rfc3339();
+            assert_eq!(Timestamp::parse_rfc3339(&text), Ok(before_activity_at));
         }
     }
 });

@@ -99,6 +99,16 @@ const USERS: &[&str] = &[
     "01234567890123456789012345678901234567890123456789012345678901234",
 ];
 
+/// The `presence` claim (protocol 1.1: `false` hides the user's presence).
+#[derive(Debug, Arbitrary)]
+enum PresenceClaim {
+    Shown,
+    Hidden,
+    Null,
+    Number(i64),
+    Text(String),
+}
+
 #[derive(Debug, Arbitrary)]
 enum Aud {
     Text(String),
@@ -142,12 +152,13 @@ struct Structured {
     iat: Option<Time>,
     nbf: Option<Time>,
     aud: Option<Aud>,
+    presence: Option<PresenceClaim>,
     extra: Vec<(String, i64)>,
     signer: Signer,
     max_ttl: Ttl,
 }
 
-const CLAIM_NAMES: &[&str] = &["sub", "exp", "iat", "nbf", "aud", "iss"];
+const CLAIM_NAMES: &[&str] = &["sub", "exp", "iat", "nbf", "aud", "iss", "presence"];
 
 impl Structured {
     fn header(&self) -> Value {
@@ -203,6 +214,16 @@ impl Structured {
             };
             c.insert("aud".into(), v);
         }
+        if let Some(presence) = &self.presence {
+            let v = match presence {
+                PresenceClaim::Shown => json!(true),
+                PresenceClaim::Hidden => json!(false),
+                PresenceClaim::Null => Value::Null,
+                PresenceClaim::Number(n) => json!(n),
+                PresenceClaim::Text(t) => json!(t),
+            };
+            c.insert("presence".into(), v);
+        }
         c
     }
 
@@ -251,6 +272,12 @@ fn model(
         Some(v) if !v.is_null() => Some(v.as_i64().ok_or(AuthError::Invalid)?),
         _ => None,
     };
+    // `presence` is a boolean, or absent or null (shown).
+    let hide_presence = match c.get("presence") {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => false,
+        Some(Value::Bool(false)) => true,
+        Some(_) => return Err(AuthError::Invalid),
+    };
     // The library's checks read `exp` and `nbf` as unsigned numbers; an `nbf` that is
     // present but not one (null included) is refused, not ignored.
     if exp < 0 {
@@ -290,6 +317,7 @@ fn model(
     Ok(Verified {
         user: UserId::new(sub.as_str()).expect("checked above"),
         expires_at: exp,
+        hide_presence,
     })
 }
 
@@ -320,6 +348,11 @@ fn check_verified(token: &str, v: &Verified, max_ttl: u64, before: i64, after: i
         Some(v.expires_at)
     );
     assert!(v.expires_at >= before, "expired token accepted: {claims}");
+    assert_eq!(
+        v.hide_presence,
+        claims.get("presence") == Some(&json!(false)),
+        "{claims}"
+    );
     if let Some(nbf) = claims.get("nbf") {
         assert!(
             nbf.as_i64().is_some_and(|n| (0..=after).contains(&n)),

@@ -204,6 +204,46 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
+    /// Where to POST `message.unseen` webhooks (`https://...`; with CHAT_WEBHOOK_SECRET).
+    /// Unset: no webhooks.
+    #[arg(long = "webhook-url", env = "CHAT_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Secret that signs webhooks (`X-Matchchat-Signature`), at least 32 bytes; required
+    /// with CHAT_WEBHOOK_URL.
+    #[arg(
+        long = "webhook-secret",
+        env = "CHAT_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// Seconds a recipient may leave a burst of messages unseen before its webhook (connected
+    /// or not). 0: at commit, and only for recipients with no connection on any node.
+    #[arg(
+        long = "notify-after-secs",
+        env = "CHAT_NOTIFY_AFTER_SECS",
+        default_value_t = 10
+    )]
+    pub notify_after_secs: u64,
+
+    /// Put the body of the latest unseen message in webhooks (`true`/`false`).
+    #[arg(
+        long = "webhook-include-body",
+        env = "CHAT_WEBHOOK_INCLUDE_BODY",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub webhook_include_body: bool,
+
+    /// Seconds after a webhook was made when its retries stop and it is kept as failed.
+    #[arg(
+        long = "webhook-give-up-secs",
+        env = "CHAT_WEBHOOK_GIVE_UP_SECS",
+        default_value_t = 86_400
+    )]
+    pub webhook_give_up_secs: u64,
+
     /// Demo mode: creates users alice and bob and their room, and lets the page log in as
     /// either without a host app. Never use in production.
     #[arg(long, env = "CHAT_DEMO")]
@@ -264,6 +304,7 @@ impl Config {
                 "CHAT_SERVICE_KEY and CHAT_JWT_SECRET must differ: whoever holds the service key must not be able to sign tokens".into(),
             ));
         }
+        self.validate_webhooks()?;
         if self.rate_per_sec == 0 || self.rate_burst == 0 {
             return Err(ConfigError::Invalid(
                 "CHAT_RATE_PER_SEC and CHAT_RATE_BURST must be at least 1".into(),
@@ -305,6 +346,56 @@ impl Config {
         if self.ping_secs == 0 || self.idle_timeout_secs <= self.ping_secs {
             return Err(ConfigError::Invalid(
                 "CHAT_IDLE_TIMEOUT_SECS must be greater than CHAT_PING_SECS".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `CHAT_WEBHOOK_URL` and `CHAT_WEBHOOK_SECRET` go together; the secret is as strong as
+    /// the others and none of them.
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let url = self
+            .webhook_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        let secret = self.webhook_secret.as_deref().filter(|s| !s.is_empty());
+        match (url, secret) {
+            (None, None) => return Ok(()),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "CHAT_WEBHOOK_URL needs CHAT_WEBHOOK_SECRET (webhooks are signed)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "CHAT_WEBHOOK_SECRET is set without CHAT_WEBHOOK_URL".into(),
+                ));
+            }
+            (Some(url), Some(secret)) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "CHAT_WEBHOOK_URL must be an http:// or https:// URL, not {:?}",
+                        chat_store::redact_url(url)
+                    )));
+                }
+                if secret.len() < MIN_SECRET_BYTES {
+                    return Err(ConfigError::Invalid(format!(
+                        "CHAT_WEBHOOK_SECRET must be at least {MIN_SECRET_BYTES} bytes (try: openssl rand -hex 32)"
+                    )));
+                }
+                if Some(secret) == self.service_key.as_deref()
+                    || Some(secret) == self.jwt_secret.as_deref()
+                {
+                    return Err(ConfigError::Invalid(
+                        "CHAT_WEBHOOK_SECRET must differ from CHAT_SERVICE_KEY and CHAT_JWT_SECRET: the webhook receiver must not be able to call the API or sign tokens".into(),
+                    ));
+                }
+            }
+        }
+        if self.webhook_give_up_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "CHAT_WEBHOOK_GIVE_UP_SECS must be at least 1".into(),
             ));
         }
         Ok(())
@@ -442,6 +533,68 @@ mod tests {
                 .is_err()
         );
         assert!(parse(&["--demo", "--ping-secs", "50"]).validate().is_err());
+    }
+
+    #[test]
+    fn webhook_url_and_secret_go_together() {
+        const HOOK: &str = "a-webhook-secret-of-32-bytes-or-more-0";
+        let base = ["--service-key", KEY, "--jwt-secret", SECRET];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args).validate()
+        };
+        assert!(with(&[]).is_ok());
+        let url_only = with(&["--webhook-url", "https://h.example/hook"]);
+        assert!(
+            matches!(&url_only, Err(ConfigError::Invalid(m)) if m.contains("CHAT_WEBHOOK_SECRET")),
+            "{url_only:?}"
+        );
+        let secret_only = with(&["--webhook-secret", HOOK]);
+        assert!(
+            matches!(&secret_only, Err(ConfigError::Invalid(m)) if m.contains("CHAT_WEBHOOK_URL")),
+            "{secret_only:?}"
+        );
+        let short = with(&[
+            "--webhook-url",
+            "https://h.example/hook",
+            "--webhook-secret",
+            &HOOK[..31],
+        ]);
+        assert!(
+            matches!(&short, Err(ConfigError::Invalid(m)) if m.contains("32 bytes")),
+            "{short:?}"
+        );
+        let reused = with(&[
+            "--webhook-url",
+            "https://h.example/hook",
+            "--webhook-secret",
+            KEY,
+        ]);
+        assert!(
+            matches!(&reused, Err(ConfigError::Invalid(m)) if m.contains("differ")),
+            "{reused:?}"
+        );
+        let not_http = with(&["--webhook-url", "ftp://h.example", "--webhook-secret", HOOK]);
+        assert!(not_http.is_err());
+        let ok = parse(&[
+            "--service-key",
+            KEY,
+            "--jwt-secret",
+            SECRET,
+            "--webhook-url",
+            "http://127.0.0.1:9/hook",
+            "--webhook-secret",
+            HOOK,
+            "--webhook-include-body",
+            "true",
+        ]);
+        assert!(ok.validate().is_ok());
+        assert!(ok.webhook_include_body);
+        assert_eq!(
+            (ok.notify_after_secs, ok.webhook_give_up_secs),
+            (10, 86_400)
+        );
     }
 
     #[test]

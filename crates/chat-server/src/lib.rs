@@ -34,6 +34,7 @@ mod registry;
 mod services;
 mod state;
 mod tcp;
+mod webhooks;
 mod writer;
 mod ws;
 
@@ -104,7 +105,19 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     });
     // The store runs on the core runtime and may be awaited from anywhere (chat-store's
     // runtime rule), so handlers on actix's workers call it directly.
-    let store = chat_store::open_on(&store_config, core.clone()).await?;
+    // With webhooks on, their store is opened with it (chat_store::webhooks).
+    let webhook_settings = webhooks::Settings::from_config(&config);
+    let (store, webhook_store) = match &webhook_settings {
+        Some(_) => {
+            let (store, hooks) =
+                chat_store::open_with_webhooks_on(&store_config, core.clone()).await?;
+            (store, Some(hooks))
+        }
+        None => (
+            chat_store::open_on(&store_config, core.clone()).await?,
+            None,
+        ),
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let demo_users = if config.demo {
         Some(demo::prepare(&mut config, store.as_ref(), clock.now()).await?)
@@ -138,7 +151,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         let _enter = core.enter();
         metrics.clone().map(metrics::spawn_upkeep)
     };
-    let (services, handles) = Services::start(
+    let (mut services, handles) = Services::start(
         &core,
         &config,
         store.clone(),
@@ -147,6 +160,15 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         &node,
         engine,
     );
+    if let (Some(settings), Some(hooks)) = (webhook_settings, &webhook_store) {
+        services.start_webhooks(
+            &core,
+            settings,
+            hooks.clone(),
+            store.as_ref(),
+            clock.clone(),
+        );
+    }
     let registry = handles.registry.clone();
     let frame_ancestors = config.frame_ancestors();
     let state = web::Data::new(AppState {
@@ -168,6 +190,7 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
         clock,
         demo_users,
         metrics,
+        webhooks: webhook_store,
         config: config.clone(),
     });
 
@@ -175,6 +198,8 @@ async fn serve(mut config: Config, core: tokio::runtime::Handle) -> Result<(), S
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
+            // Before `api::configure`, whose `/api` scope answers 404 for paths it lacks.
+            .configure(webhooks::configure)
             .configure(api::configure)
             .configure(demo::configure)
             .configure(ws::configure)

@@ -47,6 +47,20 @@ pub const BUS_NOTICES_RECEIVED: &str = "matchchat_bus_notices_received_total";
 pub const BUS_RECONNECTS: &str = "matchchat_bus_reconnects_total";
 pub const BUS_PUBLISH_FAILURES: &str = "matchchat_bus_publish_failures_total";
 pub const BUS_LAG_SECONDS: &str = "matchchat_bus_lag_seconds";
+/// Webhooks (`webhooks/`): deliveries waiting in the outbox (pending: due, retrying or in
+/// flight) and kept as failed, read from the database every 10 s (the same on every node of a
+/// cluster: do not sum them); deliveries made (bursts found); POST attempts by `outcome`
+/// (`delivered`, `refused` (a non-2xx answer), `timeout`, `network`, `store_error`);
+/// deliveries given up; one POST's duration, a delivery's time from being made to its 2xx,
+/// and one scheduler pass (histograms).
+pub const WEBHOOK_OUTBOX_PENDING: &str = "matchchat_webhook_outbox_pending";
+pub const WEBHOOK_OUTBOX_FAILED: &str = "matchchat_webhook_outbox_failed";
+pub const WEBHOOK_DELIVERIES_CREATED: &str = "matchchat_webhook_deliveries_created_total";
+pub const WEBHOOK_ATTEMPTS: &str = "matchchat_webhook_attempts_total";
+pub const WEBHOOK_GIVEN_UP: &str = "matchchat_webhook_given_up_total";
+pub const WEBHOOK_REQUEST_SECONDS: &str = "matchchat_webhook_request_seconds";
+pub const WEBHOOK_DELIVERY_SECONDS: &str = "matchchat_webhook_delivery_seconds";
+pub const WEBHOOK_SCAN_SECONDS: &str = "matchchat_webhook_scan_seconds";
 
 /// Buckets of every `_seconds` histogram: 10 µs to 5 s, fine below 2.5 ms, where a message's
 /// hops sit on an idle server (an end-to-end latency of ~1 ms split over five hops: the
@@ -56,6 +70,12 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_15, 0.000_25, 0.000_35, 0.000_5, 0.000_75, 0.001,
     0.001_5, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+/// Buckets of [`WEBHOOK_DELIVERY_SECONDS`]: a delivery can take from milliseconds to the
+/// give-up time (a day by default), retries included.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
+    86400.0,
+];
 /// Buckets of the batch size: powers of two up to the largest batch (512).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
@@ -64,6 +84,11 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)?
+        // A full name wins over the `_seconds` suffix (the exporter checks `Full` first).
+        .set_buckets_for_metric(
+            Matcher::Full(WEBHOOK_DELIVERY_SECONDS.into()),
+            DELIVERY_BUCKETS,
+        )?
         .install_recorder()
 }
 

@@ -25,8 +25,9 @@ pub const ERASE_BATCH: u32 = 1_000;
 /// `DELETE /api/users/{user_id}`: erasure. Every body the user sent is erased (tombstones:
 /// `body` null, `deleted_at` set), their open rooms are closed (`room_closed` live to the
 /// other members), their connections on every node are closed with 1008
-/// `account_deleted`, and their presence goes. Idempotent; answers with counts:
-/// `{"user_id","messages_erased","rooms_closed"}` (a second call: zeros). A user the server
+/// `account_deleted`, their presence goes, and so do their webhook deliveries (pending or
+/// failed, as recipient or sender). Idempotent; answers with counts:
+/// `{"user_id","messages_erased","rooms_closed","webhooks_deleted"}` (a second call: zeros). A user the server
 /// never saw: zeros, not an error.
 pub async fn erase(
     req: HttpRequest,
@@ -61,11 +62,16 @@ pub async fn erase(
         closed += 1;
     }
     state.store.forget_presence(&user).await?;
-    tracing::info!(user = %user, messages_erased = erased, rooms_closed = closed, "erasure finished");
+    let webhooks = match &state.webhooks {
+        Some(hooks) => hooks.forget_user(&user).await?,
+        None => 0,
+    };
+    tracing::info!(user = %user, messages_erased = erased, rooms_closed = closed, webhooks_deleted = webhooks, "erasure finished");
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "user_id": user,
         "messages_erased": erased,
         "rooms_closed": closed,
+        "webhooks_deleted": webhooks,
     })))
 }
 

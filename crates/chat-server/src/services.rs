@@ -13,7 +13,13 @@
 //! 3. [`Services::finish`]: every `WriterHandle` clone is dropped by then, so each writer
 //!    commits what is already queued and stops (within 10 s): a send that was queued is
 //!    committed even if its socket is gone, and the client finds it on catch-up.
-//! 4. On a cluster node, the publisher announces the last commits (up to 2 s). Housekeeping
+//! 4. The webhook tasks stop, when webhooks are on (`webhooks/`): the scheduler saves its
+//!    scan cursor, the sender claims nothing more, lets the POSTs in flight finish (up to
+//!    5 s) and hands the leases of the others back to the outbox, so another node (or this
+//!    one, restarted) sends them at once. They come after the writers only because the
+//!    writers' last commits are the more urgent work; nothing they hold is lost either way
+//!    (the outbox and the bursts are in the database).
+//! 5. On a cluster node, the publisher announces the last commits (up to 2 s). Housekeeping
 //!    and the registry task are stopped last.
 
 use std::sync::Arc;
@@ -64,6 +70,7 @@ pub struct Services {
     publisher: Option<Publisher>,
     presence: Option<JoinHandle<()>>,
     retention: Option<JoinHandle<()>>,
+    webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 impl Services {
@@ -143,6 +150,7 @@ impl Services {
             publisher,
             presence,
             retention,
+            webhooks: None,
         };
         let handles = Handles {
             registry,
@@ -155,6 +163,24 @@ impl Services {
         (services, handles)
     }
 
+    /// Starts the webhook scheduler and sender on `core` (`CHAT_WEBHOOK_URL` is set).
+    pub fn start_webhooks(
+        &mut self,
+        core: &tokio::runtime::Handle,
+        settings: crate::webhooks::Settings,
+        hooks: Arc<dyn chat_store::WebhookStore>,
+        store: &dyn Repository,
+        clock: Arc<dyn Clock>,
+    ) {
+        let _enter = core.enter();
+        self.webhooks = Some(crate::webhooks::Webhooks::start(
+            settings,
+            hooks,
+            store.events().subscribe(),
+            clock,
+        ));
+    }
+
     /// Step 1: closes every socket with 1001 and refuses new ones; waits for them to go.
     pub async fn close_connections(registry: &RegistryHandle) {
         registry.shutdown().await;
@@ -164,7 +190,7 @@ impl Services {
         }
     }
 
-    /// Steps 3 and 4, once HTTP has stopped and every writer handle is dropped.
+    /// Steps 3 to 5, once HTTP has stopped and every writer handle is dropped.
     pub async fn finish(self) {
         for task in self.writer_tasks {
             if tokio::time::timeout(WRITERS_GRACE, task).await.is_err() {
@@ -172,6 +198,9 @@ impl Services {
             }
         }
         self.housekeeping.abort();
+        if let Some(webhooks) = self.webhooks {
+            webhooks.stop().await;
+        }
         // Presence rows stay: the node stops beating, and the other nodes (or this one's
         // successor) reap them after NODE_STALE, so users who reconnect elsewhere never flap.
         if let Some(presence) = self.presence {

@@ -32,6 +32,8 @@ pub struct AppState {
     /// The time of day (the system clock; tests of pure logic pass a fixed one).
     pub clock: Arc<dyn chat_domain::Clock>,
     pub demo_users: Option<Vec<chat_domain::UserId>>,
+    /// The outbox of webhooks, when `CHAT_WEBHOOK_URL` is set (`GET /api/webhooks/failed`).
+    pub webhooks: Option<Arc<dyn chat_store::WebhookStore>>,
     /// Renders `/metrics`; `None` when another recorder was installed first (tests).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }

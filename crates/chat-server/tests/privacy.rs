@@ -48,7 +48,7 @@ both_backends!(
         let counts = erase(&server, "alice");
         assert_eq!(
             counts,
-            json!({"user_id": "alice", "messages_erased": 3, "rooms_closed": 2})
+            json!({"user_id": "alice", "messages_erased": 3, "rooms_closed": 2, "webhooks_deleted": 0})
         );
         // Her connections close with 1008 account_deleted; bob hears the room close.
         for client in [&mut alice, &mut alice_tab] {
@@ -74,11 +74,11 @@ both_backends!(
         // Idempotent, and a user the server never saw is not an error.
         assert_eq!(
             erase(&server, "alice"),
-            json!({"user_id": "alice", "messages_erased": 0, "rooms_closed": 0})
+            json!({"user_id": "alice", "messages_erased": 0, "rooms_closed": 0, "webhooks_deleted": 0})
         );
         assert_eq!(
             erase(&server, "nobody"),
-            json!({"user_id": "nobody", "messages_erased": 0, "rooms_closed": 0})
+            json!({"user_id": "nobody", "messages_erased": 0, "rooms_closed": 0, "webhooks_deleted": 0})
         );
         let (status, body) = server
             .http()
@@ -198,3 +198,50 @@ async fn erasure_closes_connections_on_every_node() {
         );
     }
 }
+
+both_backends!(
+    erasure_removes_the_users_webhook_deliveries,
+    |db: Db| async move {
+        let db = Database::new(db);
+        // A receiver that refuses connections: the delivery stays pending, retried.
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{closed_port}/hook");
+        let server = Server::start_with(
+            &db,
+            &[
+                ("CHAT_WEBHOOK_URL", url.as_str()),
+                (
+                    "CHAT_WEBHOOK_SECRET",
+                    "webhook-secret-0123456789abcdef0123456789",
+                ),
+                ("CHAT_NOTIFY_AFTER_SECS", "1"),
+            ],
+        );
+        let room = server.room("alice", "bob");
+        let (mut alice, _) = server.connect("alice").await;
+        alice.send_message(&room, "a1", "unseen by bob").await;
+        alice.recv_type("message").await;
+        // Wait (bounded) until the delivery for bob was attempted once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, text) = server.http().get_text("/metrics", Some(SERVICE_KEY));
+            if text
+                .lines()
+                .any(|l| l.starts_with("matchchat_webhook_attempts_total") && !l.ends_with(" 0"))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no webhook attempt: {text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(erase(&server, "bob")["webhooks_deleted"], 1);
+        assert_eq!(erase(&server, "bob")["webhooks_deleted"], 0);
+    }
+);

@@ -18,6 +18,7 @@ pub mod repository;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod webhooks;
 
 mod append;
 mod db_run;
@@ -39,6 +40,7 @@ pub use postgres::PgStore;
 pub use repository::{Appended, DeleteOutcome, PoolStatus, Repository, RoomOpened};
 pub use sqlite::SqliteStore;
 pub use support::redact_url;
+pub use webhooks::{WebhookStore, open_with_webhooks, open_with_webhooks_on};
 
 /// Opens the store `config` names on `runtime`, from any runtime: the store's pool,
 /// background tasks and every later call run on `runtime` (a multi-threaded one), whatever

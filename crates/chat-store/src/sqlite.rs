@@ -55,12 +55,12 @@ type SqlitePool = Pool<Conn>;
 /// A store in one SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     /// The runtime it was opened on: every call runs there (`support::detached`).
-    runtime: tokio::runtime::Handle,
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     pool: SqlitePool,
     events: EventBus,
     /// This process's writers queue here, so at most one holds SQLite's write lock at a time
@@ -215,7 +215,7 @@ fn create_parent(path: &Path) -> Result<(), StoreError> {
 
 impl Inner {
     /// Runs read-only Diesel code on a pooled connection.
-    async fn read<R, F>(&self, work: F) -> Result<R, StoreError>
+    pub(crate) async fn read<R, F>(&self, work: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&mut SqliteConnection) -> Result<R, TxError> + Send + 'static,
@@ -230,7 +230,7 @@ impl Inner {
 
     /// Runs Diesel code in a `BEGIN IMMEDIATE` transaction, then publishes the events it
     /// returned (only if it committed, and before the next writer of this process starts).
-    async fn write<R, E, F>(&self, work: F) -> Result<R, StoreError>
+    pub(crate) async fn write<R, E, F>(&self, work: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         E: IntoIterator<Item = StoreEvent> + Send + 'static,
