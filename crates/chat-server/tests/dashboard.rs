@@ -19,23 +19,8 @@ const DASHBOARD: &str = include_str!("../../../docs/grafana/matchchat-dashboard.
 const HOST_APP: &str = include_str!("../../../docs/host-app.md");
 const METRICS_RS: &str = include_str!("../src/metrics.rs");
 
-/// Webhook metrics, being added on the `webhooks` branch: the dashboard charts them already.
-/// While `src/metrics.rs` does not define one, it may be missing from the docs and the
-/// scrape; once it is defined, every check applies to it like to any other.
-const PENDING_WEBHOOKS: &[&str] = &[
-    "matchchat_webhook_outbox_pending",
-    "matchchat_webhook_outbox_failed",
-    "matchchat_webhook_deliveries_created_total",
-    "matchchat_webhook_attempts_total",
-    "matchchat_webhook_given_up_total",
-    "matchchat_webhook_request_seconds",
-    "matchchat_webhook_delivery_seconds",
-    "matchchat_webhook_scan_seconds",
-];
-
 /// Metrics that appear in a scrape only once something happened that this test does not
-/// make happen (the exporter prints a metric from its first recording on). The webhook
-/// metrics need webhooks configured: the test configures them once the server has them.
+/// make happen (the exporter prints a metric from its first recording on).
 const ONLY_AFTER: &[(&str, &str)] = &[
     (
         "matchchat_slow_consumer_closes_total",
@@ -179,11 +164,6 @@ fn defined() -> BTreeSet<String> {
         .collect()
 }
 
-/// A webhook metric that the server does not define yet (see [`PENDING_WEBHOOKS`]).
-fn pending(name: &str) -> bool {
-    PENDING_WEBHOOKS.contains(&name) && !defined().contains(name)
-}
-
 /// The sample names of a scrape, a histogram's series counted as the histogram.
 fn scraped(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -287,10 +267,6 @@ fn every_metric_of_the_dashboard_is_defined_and_documented_and_every_metric_has_
     let defined = defined();
     assert!(defined.len() >= 19, "{defined:?}");
     for name in &used {
-        if pending(name) {
-            eprintln!("{name}: not defined on this branch yet (webhooks)");
-            continue;
-        }
         assert!(
             defined.contains(name),
             "{name}: the dashboard queries it but src/metrics.rs does not define it"
@@ -392,32 +368,25 @@ async fn webhook_receiver() -> String {
     url
 }
 
-/// One node on SQLite: a room, two users, a message, a seen and a send over the rate limit
-/// (and, once the server has webhooks, a message to a user who is offline); then every metric
-/// of the dashboard is in the scrape but those of [`ONLY_AFTER`].
+/// One node on SQLite with webhooks to a local receiver: a room, two users, a message, a seen,
+/// a send over the rate limit and a message to a user who is offline; then every metric of
+/// the dashboard is in the scrape but those of [`ONLY_AFTER`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_serves_every_metric_of_the_dashboard_after_a_little_traffic() {
     let db = Database::new(Db::Sqlite);
-    // One send allowed at once: the second is refused as rate_limited.
-    let mut env = vec![("CHAT_RATE_PER_SEC", "1"), ("CHAT_RATE_BURST", "1")];
-    let webhooks = !PENDING_WEBHOOKS.iter().any(|n| pending(n));
-    let url = if webhooks {
-        webhook_receiver().await
-    } else {
-        eprintln!("the server has no webhooks yet: their metrics are not checked in the scrape");
-        String::new()
-    };
-    if webhooks {
-        env.extend([
-            ("CHAT_WEBHOOK_URL", url.as_str()),
-            (
-                "CHAT_WEBHOOK_SECRET",
-                "dashboard-webhook-secret-0123456789abcdef",
-            ),
-            // At commit, for a recipient with no connection.
-            ("CHAT_NOTIFY_AFTER_SECS", "0"),
-        ]);
-    }
+    let url = webhook_receiver().await;
+    let env = [
+        // One send allowed at once: the second is refused as rate_limited.
+        ("CHAT_RATE_PER_SEC", "1"),
+        ("CHAT_RATE_BURST", "1"),
+        ("CHAT_WEBHOOK_URL", url.as_str()),
+        (
+            "CHAT_WEBHOOK_SECRET",
+            "dashboard-webhook-secret-0123456789abcdef",
+        ),
+        // At commit, for a recipient with no connection.
+        ("CHAT_NOTIFY_AFTER_SECS", "0"),
+    ];
     let server = Server::start_with(&db, &env);
     let room = server.room("alice", "bob");
     let (mut alice, _) = server.connect("alice").await;
@@ -431,21 +400,18 @@ async fn the_server_serves_every_metric_of_the_dashboard_after_a_little_traffic(
     assert_eq!(alice.recv_type("seen").await["reader_id"], "bob");
     alice.send_message(&room, "m2", "again").await;
     assert_eq!(alice.recv_type("error").await["code"], "rate_limited");
-    if webhooks {
-        // Carol never connects: a webhook for her.
-        let carol = server.room("bob", "carol");
-        bob.send_message(&carol, "c1", "are you there?").await;
-        assert_eq!(
-            bob.recv_type("message").await["message"]["body"],
-            "are you there?"
-        );
-    }
+    // Carol never connects: a webhook for her.
+    let carol = server.room("bob", "carol");
+    bob.send_message(&carol, "c1", "are you there?").await;
+    assert_eq!(
+        bob.recv_type("message").await["message"]["body"],
+        "are you there?"
+    );
 
     let only_after: BTreeMap<&str, &str> = ONLY_AFTER.iter().copied().collect();
     let expected: Vec<String> = dashboard_metrics()
         .into_iter()
         .filter(|n| !only_after.contains_key(n.as_str()))
-        .filter(|n| webhooks || !PENDING_WEBHOOKS.contains(&n.as_str()))
         .collect();
     // Webhooks are sent from threads of their own, a little after the commit: poll (bounded).
     let deadline = std::time::Instant::now() + WAIT;
@@ -472,18 +438,15 @@ async fn the_server_serves_every_metric_of_the_dashboard_after_a_little_traffic(
         );
     }
     // The labels the panels group by are there with the values the legends show.
-    let mut samples = vec![
+    for sample in [
         r#"matchchat_frames_in_total{type="send"}"#,
         r#"matchchat_frames_in_total{type="seen"}"#,
         r#"matchchat_frames_out_total{type="message"}"#,
         r#"matchchat_rate_limited_total{request="send"}"#,
         r#"matchchat_db_pool_connections{state="in_use"}"#,
         r#"matchchat_db_pool_connections{state="idle"}"#,
-    ];
-    if webhooks {
-        samples.push(r#"matchchat_webhook_attempts_total{outcome="delivered"}"#);
-    }
-    for sample in samples {
+        r#"matchchat_webhook_attempts_total{outcome="delivered"}"#,
+    ] {
         assert!(text.contains(sample), "no {sample} in:\n{text}");
     }
 }
