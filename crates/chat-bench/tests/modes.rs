@@ -323,15 +323,8 @@ fn latency_breakdown_shows_where_the_time_goes() {
             assert!(h[q].as_f64().is_some(), "{hop} {q}: {breakdown}");
         }
     }
-    // Each message delivered was queued once and went to two mailboxes (both members).
-    assert!(
-        num(&hops["writer_queue"], "count") >= num(&v["latency"], "count"),
-        "{v}"
-    );
-    assert!(
-        num(&hops["mailbox_wait"], "count") >= 2 * num(&v["latency"], "count"),
-        "{v}"
-    );
+    // The counts are of the window between two scrapes, which opens a moment after the
+    // measured window does: they need not equal the bench's own count (timing), only exist.
     assert!(num(&breakdown["batch_size"], "count") > 0, "{breakdown}");
     assert!(
         breakdown["end_to_end"]["scheduled_send_to_other_member"]["p99_ms"]
