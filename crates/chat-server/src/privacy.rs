@@ -42,18 +42,14 @@ pub async fn erase(
     state.registry.erase_user(user.clone()).await;
     let mut erased = 0u64;
     for room in &rooms {
-        loop {
-            let n = state
+        erased += in_batches(|| {
+            state
                 .store
                 .erase_sent(&room.id, &user, state.clock.now(), ERASE_BATCH)
-                .await?;
-            erased += n;
-            if n > 0 && erased % 10_000 < n {
-                tracing::info!(user = %user, erased, "erasure in progress");
-            }
-            if n < u64::from(ERASE_BATCH) {
-                break;
-            }
+        })
+        .await?;
+        if erased > 0 {
+            tracing::info!(user = %user, erased, "erasure in progress");
         }
     }
     let mut closed = 0u64;
@@ -105,6 +101,23 @@ pub fn spawn_retention(
     })
 }
 
+/// Calls `batch` (one transaction erasing at most [`ERASE_BATCH`] bodies) until a call
+/// erases fewer; returns the total.
+async fn in_batches<F, Fut>(mut batch: F) -> Result<u64, chat_store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, chat_store::StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = batch().await?;
+        total += n;
+        if n < u64::from(ERASE_BATCH) {
+            return Ok(total);
+        }
+    }
+}
+
 /// One pass: every room, by id, its old bodies erased. Returns (rooms seen, bodies erased).
 pub async fn retention_pass(
     store: &dyn Repository,
@@ -119,15 +132,8 @@ pub async fn retention_pass(
             return Ok((seen, erased));
         };
         for id in &ids {
-            loop {
-                let n = store
-                    .erase_older_than(id, cutoff, clock.now(), ERASE_BATCH)
-                    .await?;
-                erased += n;
-                if n < u64::from(ERASE_BATCH) {
-                    break;
-                }
-            }
+            erased +=
+                in_batches(|| store.erase_older_than(id, cutoff, clock.now(), ERASE_BATCH)).await?;
         }
         seen += ids.len() as u64;
         if seen % 10_000 < ids.len() as u64 {

@@ -618,71 +618,66 @@ impl Connection {
     /// Checks membership and an open room, then hands the typing notice to the other
     /// member's connections (through the registry, on every node). Never stored.
     fn on_typing(&mut self, req: Option<&Req>, room_id: RoomId) {
-        let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
-        self.pending.push(Box::pin(async move {
-            let result = async {
-                let room = state.store.room(&room_id).await?;
-                room.ensure_can_send(&user)?;
-                let other = room.members.other(&user)?.clone();
-                let frame = ServerFrame::Typing {
-                    room_id: room_id.clone(),
-                    user_id: user.clone(),
-                };
-                state.registry.ephemeral(vec![other], frame.to_json()).await;
-                Ok::<(), ServerError>(())
-            }
-            .await;
-            Done {
-                req,
-                outcome: Outcome::Quiet {
-                    kind: RequestKind::Typing,
-                    room: room_id,
-                    result,
-                },
-            }
-        }));
+        let (state, user) = (self.state.clone(), self.user.clone());
+        let room_key = room_id.clone();
+        self.quiet(req, RequestKind::Typing, room_id, async move {
+            let room = state.store.room(&room_key).await?;
+            room.ensure_can_send(&user)?;
+            let other = room.members.other(&user)?.clone();
+            let frame = ServerFrame::Typing {
+                room_id: room_key,
+                user_id: user,
+            };
+            state.registry.ephemeral(vec![other], frame.to_json()).await;
+            Ok::<(), ServerError>(())
+        });
     }
 
     fn on_received(&mut self, req: Option<&Req>, room_id: RoomId, up_to: Seq) {
-        let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
-        self.pending.push(Box::pin(async move {
-            let result = state
+        let (state, user) = (self.state.clone(), self.user.clone());
+        let room = room_id.clone();
+        self.quiet(req, RequestKind::Received, room_id, async move {
+            state
                 .store
-                .mark_received(&room_id, &user, up_to, state.clock.now())
+                .mark_received(&room, &user, up_to, state.clock.now())
                 .await
                 .map(|_| ())
-                .map_err(ServerError::from);
-            Done {
-                req,
-                outcome: Outcome::Quiet {
-                    kind: RequestKind::Received,
-                    room: room_id,
-                    result,
-                },
-            }
-        }));
+        });
     }
 
     fn on_delete(&mut self, req: Option<&Req>, room_id: RoomId, seq: Seq) {
-        let (state, user, req) = (self.state.clone(), self.user.clone(), req.cloned());
+        let state = self.state.clone();
         let by = Deleter::Member {
-            user,
+            user: self.user.clone(),
             window_secs: state.config.unsend_window_secs,
         };
-        self.pending.push(Box::pin(async move {
-            let result = state
+        let room = room_id.clone();
+        self.quiet(req, RequestKind::Delete, room_id, async move {
+            state
                 .store
-                .delete_message(&room_id, seq, by, state.clock.now())
+                .delete_message(&room, seq, by, state.clock.now())
                 .await
                 .map(|_| ())
-                .map_err(ServerError::from);
+        });
+    }
+
+    /// Runs a store call whose success is answered by its broadcast only (no reply of its
+    /// own); a failure is answered with an `error` carrying `req`.
+    fn quiet<E>(
+        &mut self,
+        req: Option<&Req>,
+        kind: RequestKind,
+        room: RoomId,
+        call: impl std::future::Future<Output = Result<(), E>> + 'static,
+    ) where
+        ServerError: From<E>,
+    {
+        let req = req.cloned();
+        self.pending.push(Box::pin(async move {
+            let result = call.await.map_err(ServerError::from);
             Done {
                 req,
-                outcome: Outcome::Quiet {
-                    kind: RequestKind::Delete,
-                    room: room_id,
-                    result,
-                },
+                outcome: Outcome::Quiet { kind, room, result },
             }
         }));
     }
