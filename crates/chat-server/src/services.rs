@@ -2,8 +2,9 @@
 //!
 //! Started on the core runtime: the registry (fans committed events out to connections), the
 //! group-commit writers, the rate limiters' housekeeping, the presence service (unless
-//! `CHAT_PRESENCE=off`; `presence.rs`), and on a cluster node the publisher of this node's
-//! notices (`cluster/`).
+//! `CHAT_PRESENCE=off`; `presence.rs`), retention (with `CHAT_RETENTION_DAYS`; `privacy.rs`),
+//! the webhook scheduler and sender (with `CHAT_WEBHOOK_URL`; `webhooks/`), and on a cluster
+//! node the publisher of this node's notices (`cluster/`).
 //!
 //! Shutdown order (after SIGTERM or SIGINT), and why:
 //! 1. The registry refuses new connections and closes every socket with 1001
@@ -19,8 +20,9 @@
 //!    one, restarted) sends them at once. They come after the writers only because the
 //!    writers' last commits are the more urgent work; nothing they hold is lost either way
 //!    (the outbox and the bursts are in the database).
-//! 5. On a cluster node, the publisher announces the last commits (up to 2 s). Housekeeping
-//!    and the registry task are stopped last.
+//! 5. On a cluster node, the publisher announces the last commits (up to 2 s). Housekeeping,
+//!    presence, retention and the registry task are stopped last (presence rows stay; they
+//!    are reaped once this node's heartbeat is stale, see `presence.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;

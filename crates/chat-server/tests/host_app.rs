@@ -8,12 +8,6 @@ mod common;
 use common::{Database, Db, SERVICE_KEY, Server};
 use serde_json::{Value, json};
 
-fn get_json(server: &Server, path: &str) -> (u16, Value) {
-    let (status, text) = server.http().get_text(path, Some(SERVICE_KEY));
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
-    (status, value)
-}
-
 fn seqs(messages: &Value) -> Vec<u64> {
     messages
         .as_array()
@@ -40,15 +34,15 @@ both_backends!(moderators_page_through_any_room, |db: Db| async move {
     let path = format!("/api/rooms/{room}/messages");
     assert_eq!(server.http().get_text(&path, None).0, 401);
 
-    let (status, page) = get_json(&server, &path);
+    let (status, page) = server.get_json(&path);
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["members"], json!(["alice", "bob"]));
     assert_eq!(page["closed"], false);
     assert_eq!(seqs(&page["messages"]), vec![1, 2, 3, 4, 5]);
     assert_eq!(page["messages"][0]["body"], "message 1");
-    let (_, back) = get_json(&server, &format!("{path}?before_seq=4&limit=2"));
+    let (_, back) = server.get_json(&format!("{path}?before_seq=4&limit=2"));
     assert_eq!(seqs(&back["messages"]), vec![2, 3]);
-    let (_, after) = get_json(&server, &format!("{path}?after_seq=3"));
+    let (_, after) = server.get_json(&format!("{path}?after_seq=3"));
     assert_eq!(seqs(&after["messages"]), vec![4, 5]);
 
     // A closed room is still readable.
@@ -59,24 +53,24 @@ both_backends!(moderators_page_through_any_room, |db: Db| async move {
             .0,
         204
     );
-    let (_, closed) = get_json(&server, &path);
+    let (_, closed) = server.get_json(&path);
     assert_eq!(
         (closed["closed"].as_bool(), seqs(&closed["messages"]).len()),
         (Some(true), 5)
     );
 
     // Errors keep the JSON shape.
-    let (status, error) = get_json(&server, "/api/rooms/no-such-room/messages");
+    let (status, error) = server.get_json("/api/rooms/no-such-room/messages");
     assert_eq!(
         (status, error["error"]["code"].as_str()),
         (404, Some("unknown_room"))
     );
-    let (status, error) = get_json(&server, &format!("{path}?before_seq=2&after_seq=1"));
+    let (status, error) = server.get_json(&format!("{path}?before_seq=2&after_seq=1"));
     assert_eq!(
         (status, error["error"]["code"].as_str()),
         (422, Some("conflicting_cursors"))
     );
-    let (status, error) = get_json(&server, &format!("{path}?limit=many"));
+    let (status, error) = server.get_json(&format!("{path}?limit=many"));
     assert_eq!(
         (status, error["error"]["code"].as_str()),
         (400, Some("invalid_query"))
@@ -114,7 +108,7 @@ both_backends!(
         carol.send_message(&quiet, "c1", "hello alice").await;
         carol.recv_type("message").await;
 
-        let (status, export) = get_json(&server, "/api/users/alice/export");
+        let (status, export) = server.get_json("/api/users/alice/export");
         assert_eq!(status, 200);
         assert_eq!(export["user_id"], "alice");
         assert!(export["exported_at"].is_string());
@@ -130,9 +124,9 @@ both_backends!(
         assert!(busy_room["messages"][4]["seen_at"].is_null());
         assert_eq!(room(&quiet)["messages"][0]["body"], "hello alice");
 
-        let (status, nobody) = get_json(&server, "/api/users/nobody/export");
+        let (status, nobody) = server.get_json("/api/users/nobody/export");
         assert_eq!((status, nobody["rooms"].clone()), (200, json!([])));
-        let (status, error) = get_json(&server, "/api/users/no%20spaces/export");
+        let (status, error) = server.get_json("/api/users/no%20spaces/export");
         assert_eq!(
             (status, error["error"]["code"].as_str()),
             (422, Some("invalid_user_id"))

@@ -9,12 +9,6 @@ mod common;
 use common::{Database, Db, SERVICE_KEY, Server};
 use serde_json::{Value, json};
 
-fn get_json(server: &Server, path: &str) -> (u16, Value) {
-    let (status, text) = server.http().get_text(path, Some(SERVICE_KEY));
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
-    (status, value)
-}
-
 fn erase(server: &Server, user: &str) -> Value {
     let (status, body) = server
         .http()
@@ -62,7 +56,7 @@ both_backends!(
         assert_eq!(closed["room_id"], room.as_str());
         bob.assert_alive(&room).await;
         // Her words are gone; bob's stay; the seqs stay.
-        let (_, page) = get_json(&server, &format!("/api/rooms/{room}/messages"));
+        let (_, page) = server.get_json(&format!("/api/rooms/{room}/messages"));
         let messages = page["messages"].as_array().unwrap();
         assert_eq!(messages.len(), 4);
         for m in messages {
@@ -90,7 +84,7 @@ both_backends!(
         let (status, _) = server.http().delete("/api/users/alice", None);
         assert_eq!(status, 401);
         // Her export now holds tombstones only for what she sent.
-        let (_, export) = get_json(&server, "/api/users/alice/export");
+        let (_, export) = server.get_json("/api/users/alice/export");
         let rooms = export["rooms"].as_array().unwrap();
         assert_eq!(rooms.len(), 2);
         let r = rooms
@@ -132,7 +126,7 @@ both_backends!(
         alice
             .recv_until(|f| f["type"] == "delivered" && f["up_to_seq"] == 2)
             .await;
-        let (status, export) = get_json(&server, "/api/users/bob/export");
+        let (status, export) = server.get_json("/api/users/bob/export");
         assert_eq!(status, 200);
         let r = &export["rooms"][0];
         assert_eq!(
@@ -170,7 +164,7 @@ async fn retention_erases_old_bodies_in_the_background() {
     server.terminate();
     let server = Server::start_with(&db, &[("CHAT_RETENTION_DAYS", "30"), ("RUST_LOG", "info")]);
     server.wait_for_log("retention pass finished");
-    let (_, page) = get_json(&server, &format!("/api/rooms/{room}/messages"));
+    let (_, page) = server.get_json(&format!("/api/rooms/{room}/messages"));
     let bodies: Vec<Value> = page["messages"]
         .as_array()
         .unwrap()

@@ -426,6 +426,12 @@ both_backends!(presence_can_be_turned_off, |db: Db| async move {
         .await;
     let first = alice.recv().await;
     assert_eq!(first["req"], "h", "no presence frame came first: {first}");
+    // Nor later: with presence on, bob's online frame reaches alice within milliseconds
+    // of his connecting; here nothing arrives in 2 s.
+    match alice.next_within(Duration::from_secs(2)).await {
+        Next::Timeout => {}
+        other => panic!("no presence frame with CHAT_PRESENCE=off: {other:?}"),
+    }
 });
 
 both_backends!(ready_pages_the_room_list, |db: Db| async move {

@@ -236,16 +236,7 @@ db_run! {
                     delivered_at: now,
                 });
             }
-            let target = queries::room_by_id(room.as_str());
-            if is_a {
-                run!(diesel::update(target.filter(rooms::a_seen_up_to.lt(highest)))
-                    .set(rooms::a_seen_up_to.eq(highest))
-                    .execute(conn))?;
-            } else {
-                run!(diesel::update(target.filter(rooms::b_seen_up_to.lt(highest)))
-                    .set(rooms::b_seen_up_to.eq(highest))
-                    .execute(conn))?;
-            }
+            run!(raise_seen(conn, room.as_str(), is_a, highest))?;
         }
         if outcome.changed() {
             events.push(StoreEvent::SeenMarked {
@@ -257,6 +248,22 @@ db_run! {
             });
         }
         Ok((outcome, events))
+    }
+
+    /// Moves `member_a`'s (`is_a`) or `member_b`'s seen watermark column up to `to`, never
+    /// back (the messages' own `seen_at` are the truth; this is the summary's copy).
+    fn raise_seen(conn, room: &str, is_a: bool, to: i64) -> Result<(), TxError> {
+        let target = queries::room_by_id(room);
+        if is_a {
+            run!(diesel::update(target.filter(rooms::a_seen_up_to.lt(to)))
+                .set(rooms::a_seen_up_to.eq(to))
+                .execute(conn))?;
+        } else {
+            run!(diesel::update(target.filter(rooms::b_seen_up_to.lt(to)))
+                .set(rooms::b_seen_up_to.eq(to))
+                .execute(conn))?;
+        }
+        Ok(())
     }
 
     /// Moves `member_a`'s (`is_a`) or `member_b`'s delivered watermark up to `to`, never

@@ -268,6 +268,14 @@ impl Server {
         format!("ws://{}/ws", self.addr)
     }
 
+    /// A GET of the service API with the service key, its body as JSON (panics, naming the
+    /// path, when the body is not JSON).
+    pub fn get_json(&self, path: &str) -> (u16, Value) {
+        let (status, text) = self.http().get_text(path, Some(SERVICE_KEY));
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
+        (status, value)
+    }
+
     /// Opens a room for two users through the service API.
     pub fn room(&self, a: &str, b: &str) -> String {
         let (status, body) =
