@@ -30,7 +30,7 @@ use crate::events::{EventBus, StoreEvent};
 use crate::models::{MessageRow, RoomRow};
 use crate::raw_sql::message_columns;
 use crate::repository::{Appended, RoomOpened};
-use crate::schema::{messages, rooms};
+use crate::schema::rooms;
 use crate::statements::{self, new_room_row, room_opened};
 use crate::store_calls::{StoreCalls, repository_via_calls};
 use crate::support::{
@@ -42,9 +42,6 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/p
 
 /// Serialises concurrent `open` calls' migrations across processes.
 const MIGRATION_LOCK_KEY: i64 = 0x6d61_7463_6863_6174; // "matchcat"
-
-/// Rows per multi-row INSERT (7 binds each, far below PostgreSQL's 65 535).
-const INSERT_CHUNK: usize = 1_000;
 
 type PgPool = Pool<AsyncPgConnection>;
 
@@ -103,9 +100,14 @@ impl PgStore {
 
 fn build_pool(url: &str, config: &StoreConfig) -> Result<PgPool, StoreError> {
     let mut manager_config = ManagerConfig::default();
-    // Every connection taken from the pool is checked with `SELECT 1` first: a connection
-    // the server dropped is replaced instead of failing the caller's query.
-    manager_config.recycling_method = RecyclingMethod::Verified;
+    // No `SELECT 1` on every checkout (`Verified`): it was one round trip of the seven an
+    // append paid. A connection the server dropped is still never handed out: deadpool's
+    // recycle asks diesel-async's `is_broken`, which is true once tokio-postgres's connection
+    // task has seen the socket close (a restart's "terminating connection" or EOF arrive at
+    // once). What this gives up is the check of a connection that died silently (no FIN,
+    // e.g. a network partition), which `SELECT 1` would only have turned into a wait for the
+    // TCP timeout as well.
+    manager_config.recycling_method = RecyclingMethod::Fast;
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
     let max_lifetime = config.max_lifetime;
@@ -212,9 +214,16 @@ const FIND_STORED_SQL: &str = concat!(
      JOIN messages ON room_id = k_room_id AND sender_id = k_sender_id AND client_msg_id = k_client_msg_id"
 );
 
-/// Every touched room's `last_seq` and `last_activity_at`, in one statement.
-const UPDATE_LAST_SEQ_SQL: &str = "UPDATE rooms SET last_seq = u.last_seq, last_activity_at = $3 \
-     FROM unnest($1::text[], $2::int8[]) AS u(id, last_seq) WHERE rooms.id = u.id";
+/// The batch's new rows and every touched room's `last_seq` and `last_activity_at`, in one
+/// statement (one round trip where there were two). `$6` is the batch's time, the rows'
+/// `sent_at` and the rooms' `last_activity_at`.
+const INSERT_AND_BUMP_SQL: &str = "WITH inserted AS ( \
+     INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
+     SELECT m.room_id, m.seq, m.sender_id, m.client_msg_id, m.body, $6 \
+     FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[]) \
+       AS m(room_id, seq, sender_id, client_msg_id, body)) \
+     UPDATE rooms SET last_seq = u.last_seq, last_activity_at = $6 \
+     FROM unnest($7::text[], $8::int8[]) AS u(id, last_seq) WHERE rooms.id = u.id";
 
 impl Inner {
     async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
@@ -282,70 +291,172 @@ impl StoreCalls for Inner {
         now: Timestamp,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
         let room_ids = sorted_room_ids(&batch);
-        let mut conn = self.conn().await?;
+        let keys = DedupeArrays::new(&batch);
+        let mut attempt = 1;
+        loop {
+            match self.append_once(&batch, &room_ids, &keys, now).await {
+                Err(TxError::Db(e)) if is_dedupe_race(&e) && attempt < APPEND_ATTEMPTS => {
+                    // The dedupe read ran before the room lock (see `append_once`) and missed
+                    // a retry another writer committed meanwhile; the constraint caught it and
+                    // nothing was written. Again, now that the row is there to be found.
+                    tracing::debug!(attempt, "append raced a retried send; running it again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(plan) => {
+                    let (plan, _guards) = plan;
+                    // Committed: now, and only now, tell the world (still holding the order
+                    // locks).
+                    self.publish(plan.events);
+                    return Ok(plan.results);
+                }
+            }
+        }
+    }
+}
+
+/// How often a batch is tried when it loses the dedupe race (`is_dedupe_race`): the second
+/// attempt reads after the lock it then holds, so a third is for a second race on the same
+/// key, which would take three tries of one message on three writers at once.
+const APPEND_ATTEMPTS: u32 = 3;
+
+/// The batch's distinct dedupe keys, as the three arrays `FIND_STORED_SQL` binds.
+struct DedupeArrays {
+    rooms: Vec<String>,
+    senders: Vec<String>,
+    ids: Vec<String>,
+}
+
+impl DedupeArrays {
+    fn new(batch: &[NewMessage]) -> Self {
+        let keys = crate::append::dedupe_keys(batch);
+        let mut arrays = Self {
+            rooms: Vec::with_capacity(keys.len()),
+            senders: Vec::with_capacity(keys.len()),
+            ids: Vec::with_capacity(keys.len()),
+        };
+        for (r, s, c) in keys {
+            arrays.rooms.push(r);
+            arrays.senders.push(s);
+            arrays.ids.push(c);
+        }
+        arrays
+    }
+}
+
+/// A unique violation of `messages_dedupe`: the one error a batch is retried on.
+fn is_dedupe_race(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(e, Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+        if info.constraint_name() == Some("messages_dedupe"))
+}
+
+impl Inner {
+    /// One attempt at a batch: four round trips (`BEGIN`; the room lock and the dedupe read,
+    /// pipelined; the insert and the rooms' update, one statement; `COMMIT`), where it used to
+    /// take seven (a `SELECT 1` pool check, `BEGIN`, lock, dedupe, `INSERT`, `UPDATE`,
+    /// `COMMIT`). At 100 msg/s a batch is one message and its commit is the floor of the
+    /// latency (2.0 ms median before this; see docs/benchmarks.md, "Where the time goes, per
+    /// hop"), so every round trip (~0.2 ms on loopback with the backend's wake-up) counts.
+    ///
+    /// Pipelining the two reads means PostgreSQL runs them in the order their `Execute`s
+    /// arrive, which is the order they are written here unless the lock statement still has to
+    /// be prepared on this connection and the dedupe read does not (diesel-async prepares on
+    /// first use, one round trip). Then the dedupe read can run before the lock is held and
+    /// miss a retried send another writer commits in between. That cannot store a duplicate:
+    /// the insert then violates `messages_dedupe`, the transaction rolls back, and
+    /// `append_batch` runs the batch again.
+    async fn append_once(
+        &self,
+        batch: &[NewMessage],
+        room_ids: &[String],
+        keys: &DedupeArrays,
+        now: Timestamp,
+    ) -> Result<(BatchPlan, OrderGuards), TxError> {
+        let mut conn = self.conn().await.map_err(TxError::Store)?;
         let order = &self.order;
-        let (plan, _guards): (BatchPlan, OrderGuards) = conn
-            .transaction(async |conn| {
-                // Lock the rooms, in id order: concurrent batches queue on the rows they
-                // share instead of deadlocking.
-                let locked: Vec<RoomRow> = rooms::table
-                    .filter(rooms::id.eq_any(&room_ids))
+        conn.transaction(async |conn| {
+            let (locked, stored) = {
+                let shared: &AsyncPgConnection = conn;
+                let (mut lock_conn, mut read_conn) = (shared, shared);
+                // Lock the rooms, in id order: concurrent batches queue on the rows they share
+                // instead of deadlocking.
+                let lock = rooms::table
+                    .filter(rooms::id.eq_any(room_ids))
                     .order(rooms::id.asc())
                     .for_update()
                     .select(RoomRow::as_select())
-                    .load(conn)
+                    .load::<RoomRow>(&mut lock_conn);
+                // Which of the batch's messages are stored already.
+                let find = diesel::sql_query(FIND_STORED_SQL)
+                    .bind::<Array<Text>, _>(&keys.rooms)
+                    .bind::<Array<Text>, _>(&keys.senders)
+                    .bind::<Array<Text>, _>(&keys.ids)
+                    .load::<MessageRow>(&mut read_conn);
+                tokio::try_join!(lock, find)?
+            };
+            let plan = plan_batch(batch.to_vec(), locked, stored, now)?;
+            if !plan.inserts.is_empty() {
+                let rows = InsertArrays::new(&plan);
+                let (ids, seqs): (Vec<&str>, Vec<i64>) = plan
+                    .room_updates
+                    .iter()
+                    .map(|(id, seq)| (id.as_str(), *seq))
+                    .unzip();
+                diesel::sql_query(INSERT_AND_BUMP_SQL)
+                    .bind::<Array<Text>, _>(&rows.room_ids)
+                    .bind::<Array<BigInt>, _>(&rows.seqs)
+                    .bind::<Array<Text>, _>(&rows.sender_ids)
+                    .bind::<Array<Text>, _>(&rows.client_msg_ids)
+                    .bind::<Array<Text>, _>(&rows.bodies)
+                    .bind::<BigInt, _>(now.unix_micros())
+                    .bind::<Array<Text>, _>(&ids)
+                    .bind::<Array<BigInt>, _>(&seqs)
+                    .execute(conn)
                     .await?;
-                // Under the locks: which of the batch's messages are stored already.
-                let keys = crate::append::dedupe_keys(&batch);
-                let (mut k_rooms, mut k_senders, mut k_ids) = (
-                    Vec::with_capacity(keys.len()),
-                    Vec::with_capacity(keys.len()),
-                    Vec::with_capacity(keys.len()),
-                );
-                for (r, s, c) in keys {
-                    k_rooms.push(r);
-                    k_senders.push(s);
-                    k_ids.push(c);
-                }
-                let stored: Vec<MessageRow> = diesel::sql_query(FIND_STORED_SQL)
-                    .bind::<Array<Text>, _>(&k_rooms)
-                    .bind::<Array<Text>, _>(&k_senders)
-                    .bind::<Array<Text>, _>(&k_ids)
-                    .load(conn)
-                    .await?;
-                let plan = plan_batch(batch, locked, stored, now)?;
-                for chunk in plan.inserts.chunks(INSERT_CHUNK) {
-                    diesel::insert_into(messages::table)
-                        .values(chunk)
-                        .execute(conn)
-                        .await?;
-                }
-                if !plan.room_updates.is_empty() {
-                    let (ids, seqs): (Vec<&str>, Vec<i64>) = plan
-                        .room_updates
-                        .iter()
-                        .map(|(id, seq)| (id.as_str(), *seq))
-                        .unzip();
-                    diesel::sql_query(UPDATE_LAST_SEQ_SQL)
-                        .bind::<Array<Text>, _>(&ids)
-                        .bind::<Array<BigInt>, _>(&seqs)
-                        .bind::<BigInt, _>(now.unix_micros())
-                        .execute(conn)
-                        .await?;
-                }
-                let guards = if plan.events.is_empty() {
-                    Vec::new()
-                } else {
-                    order
-                        .lock(plan.room_updates.iter().map(|(id, _)| id.as_str()))
-                        .await
-                };
-                Ok::<_, TxError>((plan, guards))
-            })
-            .await?;
-        // Committed: now, and only now, tell the world (still holding the order locks).
-        self.publish(plan.events);
-        Ok(plan.results)
+            }
+            let guards = if plan.events.is_empty() {
+                Vec::new()
+            } else {
+                order
+                    .lock(plan.room_updates.iter().map(|(id, _)| id.as_str()))
+                    .await
+            };
+            Ok::<_, TxError>((plan, guards))
+        })
+        .await
+    }
+}
+
+/// The new rows of a plan as the column arrays `INSERT_AND_BUMP_SQL` binds: one statement
+/// text for every batch size, so it is prepared once per connection (diesel's multi-row
+/// `INSERT` had one text, and one preparation, per number of rows).
+struct InsertArrays<'a> {
+    room_ids: Vec<&'a str>,
+    seqs: Vec<i64>,
+    sender_ids: Vec<&'a str>,
+    client_msg_ids: Vec<&'a str>,
+    bodies: Vec<&'a str>,
+}
+
+impl<'a> InsertArrays<'a> {
+    fn new(plan: &'a BatchPlan) -> Self {
+        let n = plan.inserts.len();
+        let mut rows = Self {
+            room_ids: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            sender_ids: Vec::with_capacity(n),
+            client_msg_ids: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+        };
+        for row in &plan.inserts {
+            rows.room_ids.push(&row.room_id);
+            rows.seqs.push(row.seq);
+            rows.sender_ids.push(&row.sender_id);
+            rows.client_msg_ids.push(&row.client_msg_id);
+            rows.bodies.push(&row.body);
+        }
+        rows
     }
 }
 

@@ -63,6 +63,7 @@ macro_rules! conformance_suite {
                 concurrent_open_room_returns_one_room,
                 concurrent_appends_to_one_room,
                 concurrent_batches_over_shared_rooms,
+                concurrent_retries_of_one_message_store_it_once,
             );
         }
     };

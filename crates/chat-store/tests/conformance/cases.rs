@@ -1037,7 +1037,8 @@ pub async fn concurrent_batches_over_shared_rooms(s: &TestStore) {
     }
 }
 
-/// A batch larger than one multi-row INSERT (1 000 rows) is still one all-or-nothing batch.
+/// A batch larger than one multi-row INSERT (SQLite: 500 rows; PostgreSQL binds arrays) is
+/// still one all-or-nothing batch.
 pub async fn large_batches_span_several_inserts(s: &TestStore) {
     let repo = &*s.repo;
     let rooms = [
@@ -1086,4 +1087,55 @@ fn never_seen(room: &chat_domain::Room) -> Vec<(chat_domain::UserId, chat_domain
         .iter()
         .map(|u| (u.clone(), chat_domain::Presence::default()))
         .collect()
+}
+
+/// Retries of one message arriving at once (a client re-sending on several connections, or
+/// on a reconnect while the first send is still queued) on concurrent writers: exactly one is
+/// stored, every attempt answers with it, and none fails. On PostgreSQL the dedupe read is
+/// pipelined with the room lock and can run before it on a connection's first use; the
+/// `messages_dedupe` constraint and the retry in `append_batch` must absorb that.
+pub async fn concurrent_retries_of_one_message_store_it_once(s: &TestStore) {
+    const ATTEMPTS: usize = 4;
+    const MESSAGES: usize = 40;
+    let room = open(&*s.repo, "alice", "bob", t(1)).await;
+    let mut rx = s.repo.events().subscribe();
+    for i in 0..MESSAGES {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..ATTEMPTS {
+            let repo = s.repo.clone();
+            let room = room.id.clone();
+            tasks.spawn(async move {
+                repo.append(new_msg(&room, "alice", &format!("r{i}"), "again"), t(2))
+                    .await
+            });
+        }
+        let mut new = Vec::new();
+        let mut seqs_seen = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined.unwrap() {
+                Ok(Appended::New(m)) => {
+                    seqs_seen.push(m.seq.get());
+                    new.push(m);
+                }
+                Ok(Appended::Duplicate(m)) => seqs_seen.push(m.seq.get()),
+                Err(e) => panic!("attempt at r{i} failed: {e:?}"),
+            }
+        }
+        assert_eq!(new.len(), 1, "r{i} is stored exactly once");
+        assert!(
+            seqs_seen.iter().all(|&q| q == (i + 1) as u64),
+            "every attempt at r{i} answers with seq {}: {seqs_seen:?}",
+            i + 1
+        );
+    }
+    let expected: Vec<u64> = (1..=MESSAGES as u64).collect();
+    assert_eq!(
+        seqs(&all_history(&*s.repo, &room.id, "alice").await),
+        expected
+    );
+    assert_eq!(
+        drain(&mut rx).len(),
+        MESSAGES,
+        "one event per stored message"
+    );
 }
