@@ -78,7 +78,7 @@ impl Estimate {
 }
 
 /// Splits `name{labels} value [timestamp]` into name, labels (without braces) and value.
-fn split_sample(line: &str) -> Option<(&str, &str, f64)> {
+pub(crate) fn split_sample(line: &str) -> Option<(&str, &str, f64)> {
     let (series, rest) = match line.find('{') {
         Some(open) => {
             let close = open + line[open..].find('}')?;
@@ -306,6 +306,15 @@ impl Scraper {
     /// One scrape of every node, summed.
     pub fn scrape(&self) -> Result<Snapshot, String> {
         let mut total = Snapshot::default();
+        for text in self.texts()? {
+            total.add(&parse(&text));
+        }
+        Ok(total)
+    }
+
+    /// Every node's exposition, as text.
+    pub fn texts(&self) -> Result<Vec<String>, String> {
+        let mut texts = Vec::with_capacity(self.targets.len());
         for (url, auth) in &self.targets {
             let mut request = self.agent.get(url);
             if let Some(auth) = auth {
@@ -321,9 +330,9 @@ impl Scraper {
                          sets CHAT_METRICS_BIND)"
                     )
                 })?;
-            total.add(&parse(&text));
+            texts.push(text);
         }
-        Ok(total)
+        Ok(texts)
     }
 }
 

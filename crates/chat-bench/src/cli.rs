@@ -326,6 +326,15 @@ pub struct SoakArgs {
     /// Allowed growth of the server's RSS from the baseline to the end, in percent.
     #[arg(long, default_value_t = 10.0)]
     pub max_rss_growth: f64,
+    /// The servers' `CHAT_METRICS_BIND` address(es), where the pool gauges are read without
+    /// the service key; without it they are read on the public port with `--service-key`.
+    #[arg(
+        long = "metrics-url",
+        value_name = "URL",
+        action = ArgAction::Append,
+        value_delimiter = ','
+    )]
+    pub metrics_urls: Vec<String>,
 }
 
 #[cfg(test)]

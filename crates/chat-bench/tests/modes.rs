@@ -462,7 +462,16 @@ fn soak_reconnects_catches_up_and_judges_the_run() {
     assert_eq!(intervals, 5, "{v}");
     assert_eq!(v["memory"]["judged"], Value::Bool(true), "{v}");
     assert!(v["failures"].as_array().is_some_and(Vec::is_empty), "{v}");
-    assert!(v["server_pool"].is_string(), "{v}");
+    // The pool is read from /metrics (with the service key) once a second: every 2 s
+    // interval has readings, and they carry the pool's size.
+    let pool = &v["server_pool"];
+    assert_eq!(num(pool, "failed_scrapes"), 0, "{pool}");
+    let pools = pool["intervals"].as_array().expect("pool intervals");
+    assert_eq!(pools.len(), 5, "{pool}");
+    for p in pools {
+        assert!(num(p, "samples") >= 1, "{p}");
+        assert!(p["last"]["max"].as_f64().is_some_and(|m| m >= 1.0), "{p}");
+    }
 }
 
 #[test]

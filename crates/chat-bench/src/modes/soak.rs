@@ -11,8 +11,11 @@
 //! is re-sent until acknowledged and delivered, up to `--drain-secs`) and judges the run by
 //! the rules of [`crate::soak::rules`]; the exit code is 1 when one of them failed.
 //!
-//! The server's database pool use and waiters are not visible from outside (there is no
-//! metrics endpoint yet): the report says so rather than guess them.
+//! The server's database pool is read from its `/metrics` once a second
+//! ([`crate::soak::pool`]): each line has the pool's use, its largest use and queue in the
+//! interval, and the seconds in which callers waited while connections sat idle (the stall
+//! signature issue 11 describes). With no service key or metrics URL it is left unread, and
+//! the output says why.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,15 +25,15 @@ use serde_json::json;
 use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, watch};
 
+use crate::breakdown::Scraper;
 use crate::cli::SoakArgs;
+use crate::conn::Target;
 use crate::modes::Ctx;
 use crate::report::{Report, hist_json, hist_row, mib, round1};
 use crate::soak::Shared;
 use crate::soak::member::{self, End, Kind, Live, Member, Phase, Plan, Setup};
+use crate::soak::pool::{PoolInterval, PoolWatch};
 use crate::soak::rules::{self, Delivery, Interval, Memory};
-
-/// What the output says about the server's pool, until it can be read.
-const POOL_NOTE: &str = "not readable from outside: the server has no metrics endpoint yet";
 
 /// Readings of the shared counters, to make one interval's figures from two of them.
 #[derive(Debug, Clone, Default)]
@@ -109,7 +112,7 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &SoakArgs) -> Result<Report, String> {
     let pairs = ctx.provision(args.rooms)?;
     eprintln!(
         "[soak] {} rooms, {members} clients ({} slow, {} abrupt), {:.0} msg/s, {:.0} history/s, \
-         churn {:.0} % per {:.0} s, for {:.0} s; server pool use and waiters: {POOL_NOTE}",
+         churn {:.0} % per {:.0} s, for {:.0} s",
         args.rooms,
         args.slow,
         args.abrupt,
@@ -119,6 +122,26 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &SoakArgs) -> Result<Report, String> {
         args.churn_secs,
         duration.as_secs_f64()
     );
+    // The pool is read through /metrics: with the service key on the public port, or on the
+    // servers' CHAT_METRICS_BIND addresses given with --metrics-url.
+    let pool_watch = if ctx.common.service_key.is_some() || !args.metrics_urls.is_empty() {
+        let bases = ctx
+            .nodes
+            .urls()
+            .iter()
+            .map(|u| Target::parse(u).map(|t| t.http_base))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scraper = Scraper::new(
+            &bases,
+            ctx.common.service_key.as_deref(),
+            &args.metrics_urls,
+        );
+        scraper.scrape()?;
+        Some(PoolWatch::start(scraper))
+    } else {
+        eprintln!("[soak] no --service-key or --metrics-url: the server's pool is not watched");
+        None
+    };
     rt.block_on(async move {
         let shared = Arc::new(Shared::new());
         let (phase_tx, phase_rx) = watch::channel(Phase::Run);
@@ -169,6 +192,9 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &SoakArgs) -> Result<Report, String> {
         let end_at = start + duration;
         let s_start = ctx.server_sample();
         shared.recent.take();
+        if let Some(w) = &pool_watch {
+            w.take();
+        }
         eprintln!(
             "[soak] {members} clients connected; one line every {:.0} s",
             interval.as_secs_f64()
@@ -176,6 +202,7 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &SoakArgs) -> Result<Report, String> {
 
         // 1. The soak proper, one line per interval.
         let mut intervals: Vec<Interval> = Vec::new();
+        let mut pools: Vec<PoolInterval> = Vec::new();
         let mut before = Counters::read(&shared);
         let mut k = 1u32;
         loop {
@@ -205,8 +232,15 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &SoakArgs) -> Result<Report, String> {
                 max_ms: (!recent.is_empty()).then(|| recent.max() as f64 / 1000.0),
             };
             let unacked = member::unacked(&lives);
-            eprintln!("[soak] {}", line(&iv, unacked));
+            let pool = pool_watch.as_ref().map(PoolWatch::take).unwrap_or_default();
+            let pool_text = if pool_watch.is_some() {
+                format!(" | {}", pool.summary())
+            } else {
+                String::new()
+            };
+            eprintln!("[soak] {}{pool_text}", line(&iv, unacked));
             intervals.push(iv);
+            pools.push(pool);
             before = now;
             if due >= end_at {
                 break;
@@ -277,6 +311,7 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &SoakArgs) -> Result<Report, String> {
             members,
             shared: &shared,
             intervals: &intervals,
+            pools: pool_watch.is_some().then_some(&pools[..]),
             delivery: &delivery,
             memory: &memory,
             baseline_at: base.map(|(i, _)| intervals[i].at_secs),
@@ -330,6 +365,8 @@ struct ReportInput<'a> {
     members: usize,
     shared: &'a Shared,
     intervals: &'a [Interval],
+    /// One per interval, when the pool was watched.
+    pools: Option<&'a [PoolInterval]>,
     delivery: &'a Delivery,
     memory: &'a Memory,
     baseline_at: Option<f64>,
@@ -430,7 +467,28 @@ fn report(r: ReportInput<'_>) -> Report {
     };
     rep.set("memory", memory_json);
     rep.set("server_cpu_percent", r.cpu.map(round1));
-    rep.set("server_pool", POOL_NOTE);
+    let pool_summary = r.pools.map(|pools| {
+        let max = |f: fn(&PoolInterval) -> f64| pools.iter().map(f).fold(0.0, f64::max);
+        (
+            max(|p| p.max_in_use),
+            max(|p| p.max_waiting),
+            pools.iter().map(|p| p.starved).sum::<u64>(),
+            pools.iter().map(|p| p.failed).sum::<u64>(),
+        )
+    });
+    rep.set(
+        "server_pool",
+        match (r.pools, pool_summary) {
+            (Some(pools), Some((in_use, waiting, starved, failed))) => json!({
+                "max_in_use": in_use,
+                "max_waiting": waiting,
+                "starved_secs": starved,
+                "failed_scrapes": failed,
+                "intervals": pools.iter().map(PoolInterval::json).collect::<Vec<_>>(),
+            }),
+            _ => json!("not watched: no --service-key or --metrics-url"),
+        },
+    );
     rep.set("failures", r.failures.to_vec());
     rep.set(
         "out_of_step",
@@ -530,7 +588,16 @@ fn report(r: ReportInput<'_>) -> Report {
             ),
         },
     );
-    rep.row("server pool use / waiters", POOL_NOTE);
+    rep.row(
+        "server pool use / waiters",
+        match pool_summary {
+            Some((in_use, waiting, starved, failed)) => format!(
+                "largest use {in_use}, largest queue {waiting}, {starved} s with callers waiting \
+                 while connections sat idle, {failed} failed scrapes"
+            ),
+            None => "not watched: no --service-key or --metrics-url".to_owned(),
+        },
+    );
     rep.row(
         "drain",
         format!(

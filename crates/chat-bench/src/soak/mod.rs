@@ -11,6 +11,7 @@
 //! - [`rules`]: durations, the per-interval figures and the verdict rules (pure).
 
 pub mod member;
+pub mod pool;
 pub mod rules;
 
 use std::collections::BTreeMap;
