@@ -78,11 +78,22 @@ pub struct Delivery {
     pub at: Option<std::time::Instant>,
 }
 
+/// What a mailbox carries: one shared [`Delivery`] per frame, whatever the number of
+/// connections it goes to.
+///
+/// Why a pointer: tokio's bounded channel allocates its buffer in blocks of 32 slots of the
+/// item type, and the first block when the channel is made, so every idle connection holds
+/// one. With `Delivery` inline (56 bytes) that block is 1,824 bytes per connection; with an
+/// 8-byte `Arc` it is 288. Measured with `chat-bench connections --count 19000`: server RSS
+/// per idle connection went from 21.5 to 20.0 KiB. The price is one small allocation per
+/// frame fanned out, shared by all its recipients (it was one `Delivery` clone per recipient).
+pub type Mail = Arc<Delivery>;
+
 /// What a connection gets when it registers.
 pub struct Registration {
     pub id: ConnId,
     /// Frames to write to the socket, in order.
-    pub mailbox: mpsc::Receiver<Delivery>,
+    pub mailbox: mpsc::Receiver<Mail>,
     /// Fires when the registry closes this connection.
     pub kicked: oneshot::Receiver<Kick>,
     /// Deregisters the connection when dropped, however the connection task ends.
@@ -91,7 +102,7 @@ pub struct Registration {
 
 struct Conn {
     id: ConnId,
-    mailbox: mpsc::Sender<Delivery>,
+    mailbox: mpsc::Sender<Mail>,
     kick: Option<oneshot::Sender<Kick>>,
     /// Opened with a token that does not hide presence.
     visible: bool,
@@ -111,7 +122,7 @@ impl Conn {
 }
 
 /// What the registry hands a new connection: its id, mailbox and kick signal.
-type Admission = (ConnId, mpsc::Receiver<Delivery>, oneshot::Receiver<Kick>);
+type Admission = (ConnId, mpsc::Receiver<Mail>, oneshot::Receiver<Kick>);
 
 enum Command {
     Register {
@@ -853,12 +864,13 @@ impl Registry {
     /// Sends a serialised frame to every live connection of `users`.
     fn deliver_text(&mut self, users: &[UserId], kind: &'static str, delivery: Delivery) {
         let mut delivered = 0u64;
+        let delivery: Mail = Arc::new(delivery);
         for user in users {
             let Some(conns) = self.users.get_mut(user) else {
                 continue;
             };
             for conn in conns.iter_mut().filter(|c| !c.kicked()) {
-                match conn.mailbox.try_send(delivery.clone()) {
+                match conn.mailbox.try_send(Arc::clone(&delivery)) {
                     Ok(()) => delivered += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         tracing::warn!(user = %user, conn = conn.id, "mailbox full; closing slow connection");
@@ -934,7 +946,7 @@ mod tests {
         let mut carol = registry.register(user("carol"), true).await.unwrap();
         bus.publish(message_event(1));
         for conn in [&mut alice1, &mut alice2, &mut bob] {
-            let frame = conn.mailbox.recv().await.unwrap_or_default().text;
+            let frame = conn.mailbox.recv().await.unwrap_or_default().text.clone();
             assert!(frame.contains(r#""seq":1"#), "{frame}");
         }
         // Carol is not a member: the next thing she gets is an event of her own.
@@ -945,7 +957,7 @@ mod tests {
             closed_at: None,
         };
         bus.publish(StoreEvent::RoomClosed { room: carol_room });
-        let frame = carol.mailbox.recv().await.unwrap_or_default().text;
+        let frame = carol.mailbox.recv().await.unwrap_or_default().text.clone();
         assert_eq!(frame, r#"{"type":"room_closed","room_id":"r2"}"#);
     }
 
@@ -957,7 +969,7 @@ mod tests {
         for seq in 1..=3 {
             bus.publish(message_event(seq));
             // Alice reads; her mailbox never fills.
-            let frame = fast.mailbox.recv().await.unwrap_or_default().text;
+            let frame = fast.mailbox.recv().await.unwrap_or_default().text.clone();
             assert!(frame.contains(&format!(r#""seq":{seq}"#)));
         }
         assert_eq!(slow.kicked.await.ok(), Some(Kick::SlowConsumer));

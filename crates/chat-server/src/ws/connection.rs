@@ -40,7 +40,7 @@ use super::outbox::{Flow, Frame, Outbox, WriteFailed};
 use crate::auth::{AuthError, Verified};
 use crate::error::ServerError;
 use crate::ratelimit::RequestKind;
-use crate::registry::{ConnId, Delivery, Kick, RegisterError, Registration};
+use crate::registry::{ConnId, Kick, Mail, RegisterError, Registration};
 use crate::state::AppState;
 
 /// Requests of one connection being processed at once.
@@ -263,7 +263,7 @@ impl Connection {
     async fn run(
         mut self,
         mut stream: AggregatedMessageStream,
-        mailbox: tokio::sync::mpsc::Receiver<Delivery>,
+        mailbox: tokio::sync::mpsc::Receiver<Mail>,
         kicked: tokio::sync::oneshot::Receiver<Kick>,
         expires_at: i64,
     ) {
@@ -315,7 +315,7 @@ impl Connection {
     async fn serve(
         &mut self,
         stream: &mut AggregatedMessageStream,
-        mut mailbox: tokio::sync::mpsc::Receiver<Delivery>,
+        mut mailbox: tokio::sync::mpsc::Receiver<Mail>,
         mut kicked: tokio::sync::oneshot::Receiver<Kick>,
         expires_at: i64,
     ) -> Option<Close> {
@@ -391,7 +391,7 @@ impl Connection {
     }
 
     /// A frame from the registry: written, unless it is a message `ready` already counted.
-    fn on_delivery(&mut self, delivery: Delivery) {
+    fn on_delivery(&mut self, delivery: Mail) {
         if let Some(at) = delivery.at {
             metrics::histogram!(crate::metrics::MAILBOX_WAIT_SECONDS)
                 .record(at.elapsed().as_secs_f64());
@@ -405,7 +405,7 @@ impl Connection {
                 self.ready_seqs.remove(room);
             }
         }
-        self.outbox.push_text(delivery.text);
+        self.outbox.push_text(delivery.text.clone());
     }
 
     /// An `error` frame answering the request `req` came with (if any).
