@@ -37,6 +37,23 @@ pub(crate) fn unread_by<'a>(user: &'a str) -> _ {
         .and(messages::deleted_at.is_null())
 }
 
+/// A condition that is always true and keeps the query out of the prepared-statement cache
+/// (diesel marks SQL literals unsafe to cache), so PostgreSQL plans it for the parameters of
+/// each call instead of settling on a generic plan.
+///
+/// Why: PostgreSQL switches a named prepared statement to a cached generic plan after five
+/// executions. For the room list (a join of the user's rooms with their unseen messages) the
+/// generic plan chosen while the tables were empty (a fresh database, the first connections)
+/// merge-joins and sorts *every* unseen message of *every* room, spilling to disk: 343 ms for
+/// one call over 350,000 messages, and 16 of them at once filled the pool for a minute after a
+/// throughput run (issue 11's "connects stall after a heavy run"; docs/benchmarks.md, "Server
+/// issues found"). Only an `ANALYZE` throws such a plan away. A custom plan is an index scan of
+/// the user's rooms' unseen messages (1.4 ms); planning it costs ~0.7 ms and one more round
+/// trip, once per `ready` or room page. SQLite only re-prepares the statement.
+pub(crate) fn planned_per_call() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>("TRUE")
+}
+
 /// `user`'s rooms, each joined to the messages `user` has not seen, grouped per room: select
 /// the room and `count(messages.seq)` for its unread count.
 #[dsl::auto_type]

@@ -63,8 +63,10 @@ db_run! {
         cursor: Option<RoomsCursor>,
         limit: usize,
     ) -> Result<RoomsPage, TxError> {
+        // `planned_per_call()`: see `crate::queries::planned_per_call` (issue 11's stall).
         let mut query = queries::rooms_with_unread_of(user.as_str())
             .select((RoomRow::as_select(), count(messages::seq.nullable())))
+            .filter(queries::planned_per_call())
             .order((rooms::last_activity_at.desc(), rooms::id.desc()))
             .into_boxed();
         if let Some(cursor) = &cursor {
@@ -91,6 +93,7 @@ db_run! {
                     .eq(messages::room_id)
                     .and(rooms::last_seq.eq(messages::seq))))
                 .filter(rooms::id.eq_any(chunk))
+                .filter(queries::planned_per_call())
                 .select(MessageRow::as_select())
                 .load(conn))?;
             for row in found {

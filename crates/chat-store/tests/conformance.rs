@@ -172,6 +172,63 @@ mod postgres_only {
         }
     }
 
+    /// `ready`'s room list is planned for its parameters on every call. PostgreSQL switches a
+    /// prepared statement to a cached generic plan after five executions; the one it chose
+    /// while the tables were empty (a fresh database, the first connections) merge-joined
+    /// and sorted every unseen message of every room for each `ready` once the tables were
+    /// full: 16 such queries filled the pool for a minute after a throughput run (issue 11's
+    /// stall). Here temporary files are forbidden, so that plan fails instead of spilling.
+    #[tokio::test]
+    async fn the_room_list_keeps_no_plan_made_for_empty_tables() {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        let db = TestDatabase::create().await;
+        let mut admin = AsyncPgConnection::establish(db.url()).await.unwrap();
+        for setting in ["work_mem = '64kB'", "temp_file_limit = 0"] {
+            diesel::sql_query(format!("ALTER DATABASE \"{}\" SET {setting}", db.name()))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        let mut config = StoreConfig::new(db.url()).unwrap();
+        config.pool_size = 1; // every call on the one connection that caches the plan
+        let repo = chat_store::open(&config).await.expect("open");
+        for table in ["rooms", "messages"] {
+            // No ANALYZE in between: it would throw the cached plans away and hide the bug.
+            diesel::sql_query(format!(
+                "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+            ))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        }
+        let room = open(&*repo, "alice", "bob", t(1)).await;
+        send(&*repo, &room.id, "bob", "c1", t(2)).await;
+        for _ in 0..8 {
+            repo.rooms_page(&user("alice"), None, 200).await.unwrap();
+        }
+        // Another pair's busy room: 200,000 messages nobody has seen.
+        diesel::sql_query(
+            "INSERT INTO rooms (id, member_a, member_b, created_at, last_seq) \
+             VALUES ('busy', 'xavier', 'yolanda', 0, 200000)",
+        )
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        diesel::sql_query(
+            "INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
+             SELECT 'busy', g, 'xavier', 'c' || g, 'hello', 0 FROM generate_series(1, 200000) g",
+        )
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        let page = repo
+            .rooms_page(&user("alice"), None, 200)
+            .await
+            .expect("the room list is planned for alice's one room, not the whole table");
+        assert_eq!(page.rooms.len(), 1);
+        assert_eq!(page.rooms[0].unread, 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lost_connection_is_retryable_and_the_store_recovers() {
         let db = TestDatabase::create().await;
