@@ -4,7 +4,9 @@
 #
 #   crates/chat-bench/run-budget.sh sqlite|postgres [MODE...]
 #
-# MODE is any of: throughput latency connections history (default: all four).
+# MODE is any of: throughput latency latency-floor connections history (default: all
+# five). latency is 2,000 msg/s over 500 rooms, latency-floor 100 msg/s over 50 rooms; both
+# with --breakdown (the server's per-hop histograms, read from /metrics).
 # Environment:
 #   RUNS=3            runs of each mode (the table reports the median)
 #   OUT=DIR           where results go (default /tmp/chat-bench-results); one
@@ -25,7 +27,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BACKEND=${1:-}
 shift || true
 MODES=("$@")
-[[ ${#MODES[@]} -gt 0 ]] || MODES=(throughput latency connections history)
+[[ ${#MODES[@]} -gt 0 ]] || MODES=(throughput latency latency-floor connections history)
 case $BACKEND in sqlite | postgres) ;; *) sed -n '2,20p' "$0" >&2; exit 2 ;; esac
 
 RUNS=${RUNS:-3}
@@ -117,7 +119,8 @@ for mode in "${MODES[@]}"; do
         start_server "$mode-$i"
         case $mode in
             throughput) bench throughput --rooms 500 --window 8 --duration "$TP_SECS" --warmup 2 >>"$results" || true ;;
-            latency) bench latency --rate 2000 --rooms 500 --duration "$LAT_SECS" --warmup 2 >>"$results" || true ;;
+            latency) bench latency --rate 2000 --rooms 500 --duration "$LAT_SECS" --warmup 2 --breakdown >>"$results" || true ;;
+            latency-floor) bench latency --rate 100 --rooms 50 --duration "$LAT_SECS" --warmup 2 --breakdown >>"$results" || true ;;
             connections) bench connections --count "$CONNS" --idle-secs "$IDLE_SECS" >>"$results" || true ;;
             history) bench history --rooms 100 --seed 300 --rate 200 --send-rate 1000 --duration "$HIST_SECS" --warmup 2 >>"$results" || true ;;
             *) echo "unknown mode $mode" >&2; exit 2 ;;
