@@ -100,7 +100,7 @@ impl PgStore {
 
 fn build_pool(url: &str, config: &StoreConfig) -> Result<PgPool, StoreError> {
     let mut manager_config = ManagerConfig::default();
-    // No `SELECT 1` on every checkout (`Verified`): it was one round trip of the seven an
+    // No `SELECT 1` on every checkout (`Verified`): it was one round trip of the ten an
     // append paid. A connection the server dropped is still never handed out: deadpool's
     // recycle asks diesel-async's `is_broken`, which is true once tokio-postgres's connection
     // task has seen the socket close (a restart's "terminating connection" or EOF arrive at
@@ -215,8 +215,8 @@ const FIND_STORED_SQL: &str = concat!(
 );
 
 /// The batch's new rows and every touched room's `last_seq` and `last_activity_at`, in one
-/// statement (one round trip where there were two). `$6` is the batch's time, the rows'
-/// `sent_at` and the rooms' `last_activity_at`.
+/// statement (two round trips, prepare and run, where there were four). `$6` is the batch's
+/// time, the rows' `sent_at` and the rooms' `last_activity_at`.
 const INSERT_AND_BUMP_SQL: &str = "WITH inserted AS ( \
      INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
      SELECT m.room_id, m.seq, m.sender_id, m.client_msg_id, m.body, $6 \
@@ -352,20 +352,22 @@ fn is_dedupe_race(e: &diesel::result::Error) -> bool {
 }
 
 impl Inner {
-    /// One attempt at a batch: four round trips (`BEGIN`; the room lock and the dedupe read,
-    /// pipelined; the insert and the rooms' update, one statement; `COMMIT`), where it used to
-    /// take seven (a `SELECT 1` pool check, `BEGIN`, lock, dedupe, `INSERT`, `UPDATE`,
-    /// `COMMIT`). At 100 msg/s a batch is one message and its commit is the floor of the
-    /// latency (2.0 ms median before this; see docs/benchmarks.md, "Where the time goes, per
-    /// hop"), so every round trip (~0.2 ms on loopback with the backend's wake-up) counts.
+    /// One attempt at a batch: six round trips (`BEGIN`; the room lock pipelined with the
+    /// dedupe read, two; the insert and the rooms' update as one statement, two; `COMMIT`),
+    /// where it used to take ten (a `SELECT 1` pool check, `BEGIN`, the lock, then the dedupe
+    /// read, the multi-row `INSERT` and the `UPDATE` at two each, `COMMIT`). Raw SQL and
+    /// multi-row inserts cost two because diesel never caches them: each is prepared (one
+    /// round trip) before it runs. At 100 msg/s a batch is one message and its commit is the
+    /// floor of the latency (commit p50 2.0 -> 1.6 ms, docs/benchmarks.md "The latency
+    /// floor"), so every round trip (~0.2 ms on loopback with the backend's wake-up) counts.
     ///
     /// Pipelining the two reads means PostgreSQL runs them in the order their `Execute`s
-    /// arrive, which is the order they are written here unless the lock statement still has to
-    /// be prepared on this connection and the dedupe read does not (diesel-async prepares on
-    /// first use, one round trip). Then the dedupe read can run before the lock is held and
-    /// miss a retried send another writer commits in between. That cannot store a duplicate:
-    /// the insert then violates `messages_dedupe`, the transaction rolls back, and
-    /// `append_batch` runs the batch again.
+    /// arrive. The dedupe read is prepared first on every call, so its `Execute` follows the
+    /// lock's with diesel-async 0.9; were that to change (a cached dedupe statement and a lock
+    /// statement still to be prepared on a connection's first use), the read could run before
+    /// the lock is held and miss a retried send another writer commits in between. That cannot
+    /// store a duplicate: the insert then violates `messages_dedupe`, the transaction rolls
+    /// back, and `append_batch` runs the batch again.
     async fn append_once(
         &self,
         batch: &[NewMessage],
@@ -429,8 +431,8 @@ impl Inner {
 }
 
 /// The new rows of a plan as the column arrays `INSERT_AND_BUMP_SQL` binds: one statement
-/// text for every batch size, so it is prepared once per connection (diesel's multi-row
-/// `INSERT` had one text, and one preparation, per number of rows).
+/// text and five array binds for every batch size (diesel's multi-row `INSERT` had six binds
+/// a row and one text per number of rows).
 struct InsertArrays<'a> {
     room_ids: Vec<&'a str>,
     seqs: Vec<i64>,
