@@ -349,11 +349,22 @@ both_backends!(
         let server = Server::start(&db);
         let room = server.room("alice", "bob");
         let (mut alice, _) = server.connect("alice").await;
-        let (bob, ready) = server.connect("bob").await;
-        // Bob's summary shows alice online; alice hears bob come online.
+        let (mut bob, ready) = server.connect("bob").await;
+        // Bob learns alice is online: from his summary, or, when the presence service had not
+        // recorded her connection yet as his `ready` was read (it records asynchronously), from
+        // a `presence` frame right after, since he was registered before that read.
         let peer = &summary(&ready, &room)["peer"];
-        assert_eq!(peer["online"], true, "{ready}");
-        assert!(peer["last_active_at"].is_string());
+        if peer["online"] == true {
+            assert!(peer["last_active_at"].is_string(), "{ready}");
+        } else {
+            let online = bob.recv_type("presence").await;
+            assert_eq!(
+                (online["user_id"].as_str(), online["online"].as_bool()),
+                (Some("alice"), Some(true)),
+                "{ready}"
+            );
+        }
+        // Alice hears bob come online.
         let online = alice.recv_type("presence").await;
         assert_eq!(
             (online["user_id"].as_str(), online["online"].as_bool()),
@@ -395,7 +406,14 @@ both_backends!(
         );
         dave.send_message(&carol_room, "d1", "sentinel").await;
         let frames = frames_until(&mut carol_hidden, |f| f["type"] == "message").await;
-        assert!(frames.iter().all(|f| f["type"] != "presence"), "{frames:?}");
+        // Dave's own coming online may reach her (he connected just before her tabs, and the
+        // presence service reports it a moment later): that is about him, and allowed.
+        assert!(
+            frames
+                .iter()
+                .all(|f| !(f["type"] == "presence" && f["user_id"] == "carol")),
+            "{frames:?}"
+        );
         carol.recv_type("message").await;
 
         // Hiding presence: connected, yet offline with no time, and no frame.
