@@ -321,6 +321,50 @@ fn model(
     })
 }
 
+/// The members of a header or claims object the checks below read; the others are skipped
+/// unread. A member present as `null` stays `Some(Null)`, as `Value::get` would give it.
+#[derive(serde::Deserialize)]
+struct Read {
+    #[serde(default, deserialize_with = "present")]
+    alg: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    crit: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    sub: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    exp: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    nbf: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    iat: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    presence: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+impl Read {
+    fn into_value(self) -> Value {
+        let mut map = Map::new();
+        for (key, value) in [
+            ("alg", self.alg),
+            ("crit", self.crit),
+            ("sub", self.sub),
+            ("exp", self.exp),
+            ("nbf", self.nbf),
+            ("iat", self.iat),
+            ("presence", self.presence),
+        ] {
+            if let Some(value) = value {
+                map.insert(key.to_owned(), value);
+            }
+        }
+        Value::Object(map)
+    }
+}
+
 /// A verified token, decoded without the library, keeps every rule.
 fn check_verified(token: &str, v: &Verified, max_ttl: u64, before: i64, after: i64) {
     let parts: Vec<&str> = token.split('.').collect();
@@ -335,7 +379,20 @@ fn check_verified(token: &str, v: &Verified, max_ttl: u64, before: i64, after: i
     assert_eq!(signature, parts[2], "signed with our secret");
     let decode = |part: &str| -> Value {
         let bytes = B64.decode(part).expect("a verified part is base64url");
-        serde_json::from_slice(&bytes).expect("a verified part is JSON")
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(value) => value,
+            // JSON allows numbers no f64 holds, which `Value` refuses; the server skips the
+            // members it does not read without converting them, and so does this oracle
+            // (found by this target: an unknown claim of 300 digits, signed, verified).
+            Err(e) if e.to_string().starts_with("number out of range") => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                    .expect("a verified part is JSON");
+                let read: Read =
+                    serde_json::from_slice(&bytes).expect("the members read are in range");
+                read.into_value()
+            }
+            Err(e) => panic!("a verified part is JSON: {e}"),
+        }
     };
     let header = decode(parts[0]);
     assert_eq!(header.get("alg"), Some(&json!("HS256")));
