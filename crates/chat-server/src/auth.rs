@@ -129,6 +129,13 @@ impl TokenKeys {
         if data.header.crit.is_some() {
             return Err(AuthError::CriticalHeader);
         }
+        // JSON text is UTF-8 (RFC 8259), but serde skips the claims it does not read without
+        // checking that, and jsonwebtoken treats an `aud` it cannot read as absent: a signed
+        // token with `"aud":["a","\xEC"]` passed where any audience is refused (found by the
+        // `token` fuzz target, fuzz/findings/token-aud-not-utf8). Checked after the signature.
+        if !parts_are_utf8(token) {
+            return Err(AuthError::Invalid);
+        }
         let from = data.claims.iat.unwrap_or_else(|| now.unix_seconds());
         if i128::from(data.claims.exp) - i128::from(from) > i128::from(self.max_ttl_secs) {
             return Err(AuthError::TooLong);
@@ -140,6 +147,16 @@ impl TokenKeys {
             hide_presence: data.claims.presence == Some(false),
         })
     }
+}
+
+/// Whether a token's header and claims decode to UTF-8 text.
+fn parts_are_utf8(token: &str) -> bool {
+    use base64::Engine;
+    token.split('.').take(2).all(|part| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .is_ok_and(|bytes| std::str::from_utf8(&bytes).is_ok())
+    })
 }
 
 /// The host app's key, compared in constant time.
@@ -247,6 +264,52 @@ mod tests {
             &claims(t + 60, None, Some(t - 1)),
         );
         assert!(keys().verify(&started, now()).is_ok());
+    }
+
+    /// A token signed with our secret over raw claims bytes.
+    fn mint_raw(claims: &[u8]) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let message = format!(
+            "{}.{}",
+            b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64.encode(claims)
+        );
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{message}.{signature}")
+    }
+
+    #[test]
+    fn claims_that_are_not_utf8_are_refused() {
+        let t = now().unix_seconds() + 60;
+        let plain = format!(r#"{{"sub":"alice","exp":{t}}}"#);
+        assert!(keys().verify(&mint_raw(plain.as_bytes()), now()).is_ok());
+        let named = format!(r#"{{"sub":"alice","exp":{t},"aud":["a","b"]}}"#);
+        assert_eq!(
+            keys().verify(&mint_raw(named.as_bytes()), now()),
+            Err(AuthError::Invalid)
+        );
+        // The fuzz target's finding: an audience jsonwebtoken cannot read was taken as none.
+        let mut not_utf8 = format!(r#"{{"sub":"alice","exp":{t},"aud":["a",""#).into_bytes();
+        not_utf8.push(0xEC);
+        not_utf8.extend_from_slice(br#""]}"#);
+        assert_eq!(
+            keys().verify(&mint_raw(&not_utf8), now()),
+            Err(AuthError::Invalid)
+        );
+        // Anywhere in the claims, not only in `aud`.
+        let mut other = format!(r#"{{"sub":"alice","exp":{t},"iss":""#).into_bytes();
+        other.push(0xEC);
+        other.extend_from_slice(br#""}"#);
+        assert_eq!(
+            keys().verify(&mint_raw(&other), now()),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]
