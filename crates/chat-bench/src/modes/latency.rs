@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
-use crate::breakdown::{self, Scraper, Snapshot};
+use crate::breakdown::{self, Snapshot};
 use crate::cli::LatencyArgs;
-use crate::conn::Target;
 use crate::engine::{self, Clock};
 use crate::modes::open_loop::{self, Progress};
 use crate::modes::{Ctx, pair_of};
@@ -32,19 +31,7 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &LatencyArgs) -> Result<Report, String
     // A first scrape now: a server whose metrics cannot be read is a setup error, found
     // before anything is sent.
     let scraper = if args.breakdown {
-        let bases = ctx
-            .nodes
-            .urls()
-            .iter()
-            .map(|u| Target::parse(u).map(|t| t.http_base))
-            .collect::<Result<Vec<_>, _>>()?;
-        let scraper = Scraper::new(
-            &bases,
-            ctx.common.service_key.as_deref(),
-            &args.metrics_urls,
-        );
-        scraper.scrape()?;
-        Some(Arc::new(scraper))
+        Some(Arc::new(ctx.scraper(&args.metrics_urls)?))
     } else {
         None
     };

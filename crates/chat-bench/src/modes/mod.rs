@@ -9,7 +9,9 @@ pub mod throughput;
 
 use std::sync::Arc;
 
+use crate::breakdown::Scraper;
 use crate::cli::Common;
+use crate::conn::Target;
 use crate::nodes::Nodes;
 use crate::procstat::Servers;
 use crate::provision::{self, Pair, Service};
@@ -25,6 +27,21 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A reader of every node's `/metrics`: on the public ports with the service key, or at
+    /// `metrics_urls` (the servers' `CHAT_METRICS_BIND`). Scraped once here, so a server whose
+    /// metrics cannot be read is a setup error found before anything is sent.
+    pub fn scraper(&self, metrics_urls: &[String]) -> Result<Scraper, String> {
+        let bases = self
+            .nodes
+            .urls()
+            .iter()
+            .map(|u| Target::parse(u).map(|t| t.http_base))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scraper = Scraper::new(&bases, self.common.service_key.as_deref(), metrics_urls);
+        scraper.scrape()?;
+        Ok(scraper)
+    }
+
     pub fn service(&self) -> Result<Service, String> {
         let key = self
             .common

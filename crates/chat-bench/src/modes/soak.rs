@@ -25,9 +25,7 @@ use serde_json::json;
 use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, watch};
 
-use crate::breakdown::Scraper;
 use crate::cli::SoakArgs;
-use crate::conn::Target;
 use crate::modes::Ctx;
 use crate::report::{Report, hist_json, hist_row, mib, round1};
 use crate::soak::Shared;
@@ -125,19 +123,7 @@ pub fn run(rt: &Runtime, ctx: &Ctx, args: &SoakArgs) -> Result<Report, String> {
     // The pool is read through /metrics: with the service key on the public port, or on the
     // servers' CHAT_METRICS_BIND addresses given with --metrics-url.
     let pool_watch = if ctx.common.service_key.is_some() || !args.metrics_urls.is_empty() {
-        let bases = ctx
-            .nodes
-            .urls()
-            .iter()
-            .map(|u| Target::parse(u).map(|t| t.http_base))
-            .collect::<Result<Vec<_>, _>>()?;
-        let scraper = Scraper::new(
-            &bases,
-            ctx.common.service_key.as_deref(),
-            &args.metrics_urls,
-        );
-        scraper.scrape()?;
-        Some(PoolWatch::start(scraper))
+        Some(PoolWatch::start(ctx.scraper(&args.metrics_urls)?))
     } else {
         eprintln!("[soak] no --service-key or --metrics-url: the server's pool is not watched");
         None
