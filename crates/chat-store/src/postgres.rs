@@ -303,8 +303,7 @@ impl StoreCalls for Inner {
                     attempt += 1;
                 }
                 Err(e) => return Err(e.into()),
-                Ok(plan) => {
-                    let (plan, _guards) = plan;
+                Ok((plan, _guards)) => {
                     // Committed: now, and only now, tell the world (still holding the order
                     // locks).
                     self.publish(plan.events);

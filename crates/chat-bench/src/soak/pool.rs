@@ -6,6 +6,7 @@
 //! keeps, per interval, the largest use and queue it saw and the seconds that looked like the
 //! stall issue 11 asks about: callers waiting for a connection while connections sat idle.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -21,6 +22,16 @@ pub struct Reading {
     pub idle: f64,
     pub max: f64,
     pub waiting: f64,
+}
+
+impl Reading {
+    /// Another node's reading added to this one (a cluster's pool is the nodes' sum).
+    fn add(&mut self, other: Reading) {
+        self.in_use += other.in_use;
+        self.idle += other.idle;
+        self.max += other.max;
+        self.waiting += other.waiting;
+    }
 }
 
 /// Reads the pool gauges out of one exposition; `None` when it has none of them (a server
@@ -111,31 +122,27 @@ impl PoolInterval {
 /// The sampling thread; it stops when dropped.
 pub struct PoolWatch {
     current: Arc<Mutex<PoolInterval>>,
-    stop: Arc<Mutex<bool>>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl PoolWatch {
     pub fn start(scraper: Scraper) -> Self {
         let current = Arc::new(Mutex::new(PoolInterval::default()));
-        let stop = Arc::new(Mutex::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let (c, s) = (current.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             loop {
-                if s.lock().map(|s| *s).unwrap_or(true) {
+                if s.load(Ordering::Relaxed) {
                     break;
                 }
                 let result = scraper.texts().map(|texts| {
                     texts
                         .iter()
                         .filter_map(|t| reading(t))
-                        .fold(None::<Reading>, |acc, r| {
-                            let mut sum = acc.unwrap_or_default();
-                            sum.in_use += r.in_use;
-                            sum.idle += r.idle;
-                            sum.max += r.max;
-                            sum.waiting += r.waiting;
-                            Some(sum)
+                        .reduce(|mut sum, r| {
+                            sum.add(r);
+                            sum
                         })
                 });
                 if let Ok(mut iv) = c.lock() {
@@ -173,9 +180,7 @@ impl PoolWatch {
 
 impl Drop for PoolWatch {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.stop.lock() {
-            *s = true;
-        }
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
